@@ -1,0 +1,1 @@
+"""Test support code that is not itself a test: the simulated OpenAI-compatible endpoint."""
