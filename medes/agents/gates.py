@@ -1,0 +1,181 @@
+"""Quality gates for generated scenarios: pure checks, one reason code per failure.
+
+A scenario must be well-formed (schema), cite only provisions that resolve and were retrieved for it
+(grounding), describe conduct without restating the norm or its own reference (no_leak), be Chinese, stay within length
+bounds, and, for objective items, have options A–E and a valid key. Every failing check yields one
+`GateFailure`; the graph records each as a gate event so the rejection profile is measurable.
+
+Leak thresholds come from the MedES authors' public sample (see docs/benchmarks.md, "Generation"):
+real MedES queries share at most 8 consecutive characters with their own reference norm and contain
+at most 27% of its character bigrams; a small model that pastes the provision lands far above both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from medes.records import Provision, Scenario
+
+OPTION_LETTERS: tuple[str, ...] = ("A", "B", "C", "D", "E")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_query_chars: int = 40
+    max_query_chars: int = 400
+    min_stem_chars: int = 8
+    max_stem_chars: int = 300
+    max_option_chars: int = 80
+    min_cjk_share: float = 0.7
+    leak_lcs_chars: int = 12
+    """A common substring this long with a cited provision is a pasted norm (MedES max: 8)."""
+    leak_containment: float = 0.45
+    """Share of a provision's character bigrams found in the query (MedES max: 0.27)."""
+
+
+@dataclass(frozen=True)
+class GateFailure:
+    reason: str
+    """Stable code: schema, grounding, no_leak, chinese, length, options, key, unchanged."""
+    detail: str
+
+
+def is_cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf"
+
+
+def cjk_share(text: str) -> float:
+    """CJK characters among letters and digits (punctuation and spaces do not count)."""
+    counted = [c for c in text if c.isalnum()]
+    if not counted:
+        return 0.0
+    return sum(is_cjk(c) for c in counted) / len(counted)
+
+
+def longest_common_substring(a: str, b: str) -> int:
+    """Length of the longest common substring (O(len(a)·len(b)); texts here are a few hundred chars)."""
+    if not a or not b:
+        return 0
+    best = 0
+    prev = [0] * (len(b) + 1)
+    for ch in a:
+        cur = [0] * (len(b) + 1)
+        for j, other in enumerate(b, start=1):
+            if ch == other:
+                cur[j] = prev[j - 1] + 1
+                if cur[j] > best:
+                    best = cur[j]
+        prev = cur
+    return best
+
+
+def _bigrams(text: str) -> set[str]:
+    chars = [c for c in text if c.isalnum()]
+    return {chars[i] + chars[i + 1] for i in range(len(chars) - 1)}
+
+
+def bigram_containment(norm: str, text: str) -> float:
+    """Share of `norm`'s character bigrams that also occur in `text`."""
+    grams = _bigrams(norm)
+    if not grams:
+        return 0.0
+    return len(grams & _bigrams(text)) / len(grams)
+
+
+def leak(text: str, provision: Provision, config: GateConfig) -> str | None:
+    """Why `text` restates `provision`, or None when it does not."""
+    lcs = longest_common_substring(text, provision.text)
+    if lcs >= config.leak_lcs_chars:
+        return f"{provision.id}: {lcs} consecutive characters copied"
+    share = bigram_containment(provision.text, text)
+    if share >= config.leak_containment:
+        return f"{provision.id}: {share:.0%} of its bigrams restated"
+    return None
+
+
+def _reference_leak(text: str, reference: str, config: GateConfig) -> str | None:
+    """The scenario must not state its own 考点 either (MedES queries vs their reference: LCS ≤ 8)."""
+    lcs = longest_common_substring(text, reference)
+    if lcs >= config.leak_lcs_chars:
+        return f"reference: {lcs} consecutive characters copied"
+    share = bigram_containment(reference, text)
+    if share >= config.leak_containment:
+        return f"reference: {share:.0%} of its bigrams restated"
+    return None
+
+
+def check(
+    scenario: Scenario,
+    *,
+    retrieved_ids: Iterable[str],
+    resolve: dict[str, Provision | None],
+    config: GateConfig = GateConfig(),
+    parent: Scenario | None = None,
+) -> list[GateFailure]:
+    """All failures of one scenario; empty means it passes.
+
+    `resolve` maps each cited id to its provision in the index (None when it does not resolve).
+    """
+    failures: list[GateFailure] = []
+    retrieved = set(retrieved_ids)
+    text = scenario.query
+    if scenario.kind == "objective":
+        text = scenario.query + "".join(scenario.options.values())
+
+    if not scenario.query.strip() or not scenario.reference.strip() or not scenario.norm_ids:
+        failures.append(GateFailure("schema", "empty query, reference or norm_ids"))
+
+    unresolved = [n for n in scenario.norm_ids if resolve.get(n) is None]
+    unretrieved = [n for n in scenario.norm_ids if n not in retrieved]
+    if unresolved or unretrieved:
+        failures.append(
+            GateFailure("grounding", f"unresolved: {unresolved}; not among retrieved: {unretrieved}")
+        )
+
+    leaks = [
+        why for n in scenario.norm_ids if (p := resolve.get(n)) is not None if (why := leak(text, p, config))
+    ]
+    if scenario.reference.strip() and (why := _reference_leak(text, scenario.reference, config)):
+        leaks.append(why)
+    if leaks:
+        failures.append(GateFailure("no_leak", "; ".join(leaks)))
+
+    share = cjk_share(text)
+    if share < config.min_cjk_share:
+        failures.append(GateFailure("chinese", f"CJK share {share:.2f} < {config.min_cjk_share}"))
+
+    n = len(scenario.query)
+    lo, hi = (
+        (config.min_stem_chars, config.max_stem_chars)
+        if scenario.kind == "objective"
+        else (config.min_query_chars, config.max_query_chars)
+    )
+    if not lo <= n <= hi:
+        failures.append(GateFailure("length", f"{n} chars, bounds [{lo}, {hi}]"))
+
+    if scenario.kind == "objective":
+        failures.extend(_objective(scenario, config))
+
+    if parent is not None and _normalise(parent.query) == _normalise(scenario.query):
+        failures.append(GateFailure("unchanged", "mutation returned the parent's text"))
+    return failures
+
+
+def _objective(scenario: Scenario, config: GateConfig) -> list[GateFailure]:
+    out: list[GateFailure] = []
+    texts = [scenario.options.get(letter, "").strip() for letter in OPTION_LETTERS]
+    if sorted(scenario.options) != list(OPTION_LETTERS) or not all(texts):
+        out.append(GateFailure("options", f"need non-empty options A–E, got {sorted(scenario.options)}"))
+    elif len(set(texts)) < len(texts):
+        out.append(GateFailure("options", "two options have the same text"))
+    elif any(len(t) > config.max_option_chars for t in texts):
+        out.append(GateFailure("length", f"an option exceeds {config.max_option_chars} chars"))
+    key = scenario.answer
+    if not key or any(c not in OPTION_LETTERS for c in key) or key != "".join(sorted(set(key))):
+        out.append(GateFailure("key", f"answer {key!r} is not a sorted non-empty subset of A–E"))
+    return out
+
+
+def _normalise(text: str) -> str:
+    return "".join(c for c in text if c.isalnum())
