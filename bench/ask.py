@@ -84,17 +84,6 @@ def open_retriever(index: Path | None):
 N_CTX = 2048
 
 
-def preload_llama(path: str, threads: int) -> None:
-    """Load the GGUF with an explicit thread count (llm.py's loader uses llama.cpp's default, half the cores)."""
-    from llama_cpp import Llama
-
-    from medes import llm as llm_module
-
-    llm_module._llama_cache[(path, N_CTX)] = Llama(
-        model_path=path, n_ctx=N_CTX, n_threads=threads, verbose=False, seed=0
-    )
-
-
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     if n == 0:
         return (0.0, 0.0)
@@ -126,9 +115,8 @@ def main() -> None:
     args = ap.parse_args()
 
     # temperature 0: a benchmark answer must not depend on sampling luck
-    llm = get_llm(args.llm, parse_retries=1, temperature=0.0, max_tokens=64, n_ctx=N_CTX)
-    if llm.spec.provider == "llamacpp" and not args.report_only:
-        preload_llama(llm.spec.model, args.threads)
+    local = {"n_ctx": N_CTX, "n_threads": args.threads} if (args.llm or "").startswith("llamacpp:") else {}
+    llm = get_llm(args.llm, parse_retries=1, temperature=0.0, max_tokens=64, **local)
     retriever, retriever_id = open_retriever(args.index)
     args.cache.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict] = {}

@@ -4,6 +4,8 @@ One spec string selects a model:
 - `openai:<model>`   any OpenAI-compatible server (vLLM, Ollama, DeepSeek, DashScope, llama.cpp server);
                      base URL and key from settings (MEDES_OPENAI_BASE_URL / OPENAI_BASE_URL, …_API_KEY).
 - `llamacpp:<path>`  a GGUF file run in-process with llama-cpp-python (extra `local`); JSON-schema grammar.
+- `hf:<dir>[+<adapter>]` a local transformers model, optionally with a LoRA adapter (extra `train`), so
+                     `medes evaluate --model hf:./base --model hf:./base+./adapter` compares base and tuned.
 - `fake:<script>`    scripted model for tests only (see `medes.fake`); never chosen implicitly.
 
 With no spec and nothing configured, the local default model (`medes models pull`) is used, and we say
@@ -17,6 +19,7 @@ fed back, and append one `LedgerEntry` per call (node, model, tokens, latency, a
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import sys
@@ -54,7 +57,7 @@ class TransientLLMError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    provider: Literal["openai", "llamacpp", "fake"]
+    provider: Literal["openai", "llamacpp", "hf", "fake"]
     model: str
 
     @property
@@ -65,14 +68,18 @@ class ModelSpec:
     def default_strategy(self) -> Strategy:
         # llama.cpp's OpenAI server rejects json_schema (HTTP 500) while function calling works;
         # vLLM, Ollama, DeepSeek and DashScope accept tools too, so tools are the portable default.
+        # a bare transformers model has neither tools nor a grammar: ask for JSON and parse it
+        if self.provider == "hf":
+            return "json_mode"
         return "json_schema" if self.provider == "llamacpp" else "function_calling"
 
 
 def parse_spec(spec: str) -> ModelSpec:
     provider, sep, model = spec.partition(":")
-    if not sep or not model or provider not in ("openai", "llamacpp", "fake"):
+    if not sep or not model or provider not in ("openai", "llamacpp", "hf", "fake"):
         raise LLMConfigError(
-            f"bad model spec {spec!r}: expected openai:<model>, llamacpp:<path.gguf> or fake:<script>"
+            f"bad model spec {spec!r}: expected openai:<model>, llamacpp:<path.gguf>, "
+            "hf:<dir>[+<adapter dir>] or fake:<script>"
         )
     return ModelSpec(provider, model)  # type: ignore[arg-type]
 
@@ -122,26 +129,29 @@ def build_chat_model(spec: ModelSpec, settings: Settings | None = None, **params
         )
     if spec.provider == "llamacpp":
         return LlamaCppChat(model_path=spec.model, **params)
+    if spec.provider == "hf":
+        path, _, adapter = spec.model.partition("+")
+        return HFChatModel(model_path=path, adapter=adapter or None, **params)
     from medes.fake import FakeChatModel
 
     return FakeChatModel.from_spec(spec.model)
 
 
-_llama_cache: dict[tuple[str, int], Any] = {}
+_llama_cache: dict[tuple[str, int, int | None], Any] = {}
 _llama_lock = threading.Lock()
 
 
-def _load_llama(path: str, n_ctx: int) -> Any:
+def _load_llama(path: str, n_ctx: int, n_threads: int | None = None) -> Any:
     try:
         from llama_cpp import Llama
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
         raise LLMConfigError("llamacpp models need the `local` extra: pip install 'medes[local]'") from exc
     if not Path(path).is_file():
         raise LLMConfigError(f"GGUF model not found: {path} (run `medes models pull`)")
-    key = (path, n_ctx)
+    key = (path, n_ctx, n_threads)
     with _llama_lock:
         if key not in _llama_cache:
-            _llama_cache[key] = Llama(model_path=path, n_ctx=n_ctx, verbose=False, seed=0)
+            _llama_cache[key] = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False, seed=0)
         return _llama_cache[key]
 
 
@@ -150,6 +160,8 @@ class LlamaCppChat(BaseChatModel):
 
     model_path: str
     n_ctx: int = 4096
+    n_threads: int | None = None
+    """None: llama.cpp's default (the physical cores)."""
     temperature: float = 0.7
     max_tokens: int = 768
 
@@ -158,7 +170,7 @@ class LlamaCppChat(BaseChatModel):
         return "llamacpp"
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
-        llama = _load_llama(self.model_path, self.n_ctx)
+        llama = _load_llama(self.model_path, self.n_ctx, self.n_threads)
         payload = [_to_openai_message(m) for m in messages]
         with _llama_lock:  # one llama context is not re-entrant
             out = llama.create_chat_completion(
@@ -178,6 +190,63 @@ class LlamaCppChat(BaseChatModel):
                 "total_tokens": usage.get("total_tokens", 0),
             },
             response_metadata={"finish_reason": out["choices"][0].get("finish_reason")},
+        )
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
+
+_hf_cache: dict[tuple[str, str | None], Any] = {}
+_hf_lock = threading.Lock()
+
+
+class HFChatModel(BaseChatModel):
+    """A local transformers model (+ LoRA adapter) behind the chat-model interface, via `load_hf_chat`.
+
+    Loaded on first use and cached per (model, adapter); greedy decoding, so base and adapter are
+    compared on the same footing.
+    """
+
+    model_path: str
+    adapter: str | None = None
+    max_new_tokens: int | None = None
+    """None: the loaded chat's own default (`HFChat.max_new_tokens`)."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "hf"
+
+    def _chat(self) -> Any:
+        key = (self.model_path, self.adapter)
+        with _hf_lock:
+            if key not in _hf_cache:
+                from medes.alignment.train import load_hf_chat
+
+                if self.adapter is not None and not Path(self.adapter).is_dir():
+                    raise LLMConfigError(f"LoRA adapter directory not found: {self.adapter}")
+                try:
+                    _hf_cache[key] = load_hf_chat(self.model_path, self.adapter)
+                except ImportError as exc:  # pragma: no cover - depends on the optional extra
+                    raise LLMConfigError(
+                        f"hf models need the `train` extra (pip install 'medes[train]'): {exc}"
+                    ) from exc
+                except OSError as exc:  # not a local model directory, nor a name in the HF cache
+                    raise LLMConfigError(f"cannot load hf model {self.model_path}: {exc}") from exc
+            return _hf_cache[key]
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
+        chat = self._chat()
+        payload = [_to_openai_message(m) for m in messages]
+        with _hf_lock:  # one torch model answers one request at a time
+            limit = kwargs.get("max_tokens", self.max_new_tokens)
+            text = chat.generate(payload, **({} if limit is None else {"max_new_tokens": limit}))
+        tokenizer = getattr(chat, "tokenizer", None)
+        n_in = n_out = 0
+        if tokenizer is not None:
+            prompt = tokenizer.apply_chat_template(payload, add_generation_prompt=True, tokenize=False)
+            n_in = len(tokenizer(prompt)["input_ids"])
+            n_out = len(tokenizer(text)["input_ids"])
+        msg = AIMessage(
+            content=text,
+            usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
         )
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
@@ -344,7 +413,7 @@ class LLM:
             raise LLMConfigError(
                 f"unknown structured-output strategy {self.strategy!r}; use one of {STRATEGIES}"
             )
-        limit = 1 if spec.provider == "llamacpp" else (max_concurrency or settings.max_concurrency)
+        limit = 1 if spec.provider in ("llamacpp", "hf") else (max_concurrency or settings.max_concurrency)
         self._limit = limit
         self._semaphores: dict[int, asyncio.Semaphore] = {}
         self.parse_retries = parse_retries
@@ -389,6 +458,16 @@ class LLM:
             )
         if self.strategy == "json_mode":
             return self.chat.bind(response_format={"type": "json_object"})
+        if self.strategy == "function_calling":
+            # Bound directly rather than via with_structured_output, which regenerates the JSON
+            # schema three times per call (~60% of our CPU per call, bench/throughput.py); the
+            # tool-call arguments are parsed by `_parse` like any other raw output.
+            tool = _openai_tool(schema)
+            return self.chat.bind(
+                tools=[tool],
+                tool_choice={"type": "function", "function": {"name": tool["function"]["name"]}},
+                parallel_tool_calls=False,
+            )
         return self.chat.with_structured_output(schema, method=self.strategy, include_raw=True)
 
     async def structured(
@@ -432,6 +511,9 @@ class LLM:
                 raise
             error = f"transport: {exc}"
             entry.outcome, entry.error = "error", error
+            # a transient error escapes `_invoke` only after all its retries: count each request
+            entry.transport_retries += self.transport_retries
+            entry.attempts += self.transport_retries + 1
         else:
             if parsed is None:
                 entry.outcome, entry.error = "parse_error", error or ""
@@ -466,6 +548,14 @@ class LLM:
         return TextResult(
             text, entry.error or None, entry.prompt_tokens, entry.completion_tokens, entry.latency_s
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _openai_tool(schema: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAI tool spec of a schema, built once per schema class (bounded: agents build some per call)."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    return convert_to_openai_tool(schema)
 
 
 def _with_schema_hint(message: BaseMessage, schema: type[BaseModel]) -> BaseMessage:

@@ -43,7 +43,7 @@ def test_parse_spec(spec, provider, model):
     assert (s.provider, s.model) == (provider, model)
 
 
-@pytest.mark.parametrize("bad", ["gpt-4", "openai:", "hf:foo", ""])
+@pytest.mark.parametrize("bad", ["gpt-4", "openai:", "vllm:foo", ""])
 def test_bad_spec_is_a_clear_error(bad):
     with pytest.raises(LLMConfigError, match="bad model spec"):
         parse_spec(bad)
