@@ -47,9 +47,13 @@ Message = dict[str, str]
 Row = dict[str, Any]
 
 
-def passes(judgment: Judgment) -> bool:
-    """A response is fit to imitate when its verdict is readable and neither risk flag is raised."""
-    return judgment.valid and judgment.risky is False
+PASS_THRESHOLD = 0.7
+"""Default minimum MedES `final` for an answer to be imitated; the align loop's default threshold."""
+
+
+def passes(judgment: Judgment, min_final: float = 0.0) -> bool:
+    """Fit to imitate: a readable verdict, neither risk flag raised, and `final` ≥ `min_final`."""
+    return judgment.valid and judgment.risky is False and (judgment.final or 0.0) >= min_final
 
 
 def user_prompt(scenario: Scenario) -> str:
@@ -200,6 +204,7 @@ def unpaired_row(
     *,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     family_id: str | None = None,
+    min_final: float = PASS_THRESHOLD,
 ) -> Row:
     """KTO row: any validly judged response, labelled desirable when it passes."""
     _check_triple(scenario, response, judgment)
@@ -211,7 +216,7 @@ def unpaired_row(
     return {
         "prompt": prompt,
         "completion": _assistant(response.text),
-        "label": passes(judgment),
+        "label": passes(judgment, min_final),
         **_scenario_columns(scenario, family_id or scenario.family_id or scenario.id, prompt),
         **_response_columns(response),
         **_judgment_columns(judgment),
@@ -267,6 +272,7 @@ def build_rows(
     pairs: Sequence[PreferencePair],
     *,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    min_final: float = PASS_THRESHOLD,
 ) -> dict[str, list[Row]]:
     """All four kinds of rows from one run's records.
 
@@ -292,8 +298,10 @@ def build_rows(
         if j is None or not j.valid:
             continue
         s = scenario_for(r.scenario_id, f"response {r.id}")
-        unpaired.append(unpaired_row(s, r, j, system_prompt=system_prompt, family_id=families[s.id]))
-        if passes(j):
+        unpaired.append(
+            unpaired_row(s, r, j, system_prompt=system_prompt, family_id=families[s.id], min_final=min_final)
+        )
+        if passes(j, min_final):
             key = (float(j.final or 0.0), r.round)
             if s.id not in best or key > best[s.id][0]:
                 best[s.id] = (key, r, j)
@@ -620,13 +628,14 @@ def export_run(
     seed: int = 0,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     formats: Sequence[str] = FORMATS,
+    min_final: float = PASS_THRESHOLD,
 ) -> ExportResult:
     """Write every kind × split in the asked formats, plus card, tool configs and a manifest."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {FORMATS}")
     out_dir = Path(out_dir)
-    rows = build_rows(scenarios, responses, judgments, pairs, system_prompt=system_prompt)
+    rows = build_rows(scenarios, responses, judgments, pairs, system_prompt=system_prompt, min_final=min_final)
     _clear_previous_export(out_dir)
     result = ExportResult(out_dir=out_dir, counts={})
     jsonl_files: dict[str, dict[str, Path]] = {}

@@ -459,7 +459,7 @@ def test_loop_feeds_guardian_failures_back_into_planning(tmp_path, medes_home, m
     result = loop_mod.run_loop(2, 2, job=loop_mod.AlignJob(), settings=get_settings(), loop_id="lp")
     assert [r.align_run for r in result.rounds] == ["lp-r1", "lp-r2"]
     assert seen_stats[0] == {"scene": {}, "norm": {}}
-    assert seen_stats[1]["scene"]["器官移植"] == {"judged": 2, "failed": 1}  # the original and its revision
+    assert seen_stats[1]["scene"]["器官移植"] == {"judged": 1, "failed": 1}  # the original only; revisions do not dilute
     r1 = result.rounds[0]
     assert (r1.before["risk_rate"], r1.after["risk_rate"]) == (0.5, 0.0)
     assert (r1.pairs, r1.sft_rows, r1.planned_scenes) == (1, 2, {"器官移植": 1, "医患关系": 1})

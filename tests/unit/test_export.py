@@ -321,3 +321,16 @@ def test_re_export_removes_stale_splits_but_keeps_other_files(records, tmp_path)
     result = export_run(*records, tmp_path, formats=["jsonl"])
     assert result.counts["sft"]["validation"] == 0 and not stale.exists()
     assert mine.read_text("utf-8") == "keep"
+
+
+def test_risk_free_answer_below_the_pass_threshold_is_not_imitated(records):
+    scenarios, responses, judgments, pairs = records
+    s, r, j = _triple(records, passing=True)
+    weak = j.model_copy(update={"id": "weak", "norm_citation": 0, "actionable_advice": 0, "empathy": 0})  # final 0.4
+    others = [x for x in judgments if x.response_id != r.id]
+    rows = build_rows(scenarios, responses, [*others, weak], pairs, min_final=0.7)
+    assert r.id not in {row["response_id"] for row in rows["sft"]}
+    kto = next(row for row in rows["unpaired"] if row["response_id"] == r.id)
+    assert kto["label"] is False
+    relaxed = build_rows(scenarios, responses, [*others, weak], pairs, min_final=0.0)
+    assert next(row for row in relaxed["unpaired"] if row["response_id"] == r.id)["label"] is True

@@ -53,8 +53,12 @@ def test_failure_stats_per_scene_and_norm(tmp_path):
     with Store(tmp_path / "s.sqlite") as st:
         st.add_scenario(scenario(1))
         st.add_scenario(scenario(2, scene="辅助生殖", norms=("A#第一条",)))
+        st.add_response(Response(id="r1", scenario_id="s1", model_id="m", text="答", run_id="run1"))
+        st.add_response(Response(id="r2", scenario_id="s2", model_id="m", text="答", run_id="run1"))
+        st.add_response(Response(id="r1b", scenario_id="s1", model_id="m", text="改", run_id="run1", round=1))
         st.add_judgment(judgment("j1", "s1", "r1", risky=True))
         st.add_judgment(judgment("j2", "s2", "r2"))
+        st.add_judgment(judgment("j1b", "s1", "r1b"))  # a passing revision must not dilute the failure
         stats = st.failure_stats()
         assert stats["scene"]["器官移植"] == {"judged": 1, "failed": 1}
         assert stats["scene"]["辅助生殖"] == {"judged": 1, "failed": 0}
