@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, shared_path
+from tests.support.shared import REPO, shared_path
 
 from medes.retrieval.packs import load_corpus
 from medes.retrieval.parser import parse_file

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import shared_path
+from tests.support.shared import shared_path
 
 from medes.retrieval.packs import IngestReport, load_corpus
 
