@@ -245,6 +245,9 @@ def evaluate(
     ] = None,
     index: IndexDir = None,
     k: Annotated[int, typer.Option("-k", help="Provisions retrieved to ground the judge.")] = 5,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, help="LLM calls in flight per model spec (default: MEDES_MAX_CONCURRENCY).")
+    ] = None,
     store: StorePath = None,
 ) -> None:
     """Target model(s) answer each scenario, the guardian judges, then metrics and an HTML report."""
@@ -255,7 +258,7 @@ def evaluate(
     from medes.agents.guardian import Cascade, LLMJudge, load_trained_guardian
     from medes.agents.responder import Responder
     from medes.graphs.evaluate import EvaluateContext, load_scenarios, medes_sample_scenarios, run_evaluation
-    from medes.llm import LLMConfigError, TokenLedger, get_llm
+    from medes.llm import LLM, LLMConfigError, TokenLedger, get_llm, resolve_spec
     from medes.prompts import prompt_hash
     from medes.records import content_id
     from medes.settings import get_settings
@@ -280,14 +283,25 @@ def evaluate(
     run_id = eval_id or content_id("eval", source, *[s.id for s in items])
     ledger = TokenLedger(sink=db.ledger_sink)
     try:
+        limit = concurrency or settings.max_concurrency
+        llms: dict[str, LLM] = {}
+
+        def llm_for(spec: str | None) -> LLM:
+            # one LLM per resolved spec: a judge on a responder's model shares its semaphore, so
+            # the endpoint never sees more than `limit` calls from this run
+            resolved = resolve_spec(spec, settings).id
+            if resolved not in llms:
+                llms[resolved] = get_llm(resolved, settings=settings, ledger=ledger, max_concurrency=limit)
+            return llms[resolved]
+
         responders = {}
         for spec in dict.fromkeys(model):
-            llm = get_llm(spec, settings=settings, ledger=ledger)
+            llm = llm_for(spec)
             responders[llm.id] = Responder(llm)
         judge_spec = judge or settings.judge_llm or None
         llm_judge = None
         if judge_spec or guardian is None:
-            llm_judge = LLMJudge(get_llm(judge_spec, settings=settings, ledger=ledger))
+            llm_judge = LLMJudge(llm_for(judge_spec))
         trained = load_trained_guardian(guardian) if guardian is not None else None
     except (LLMConfigError, OSError, ValueError) as e:
         raise fail(str(e)) from e
@@ -323,7 +337,7 @@ def evaluate(
         typer.echo("no index found: the judge sees the scenario's norm in words only", err=True)
     try:
         state = asyncio.run(
-            run_evaluation(items, run_id=run_id, context=context, checkpoint_path=settings.home / "checkpoints" / "evaluate.sqlite")
+            run_evaluation(items, run_id=run_id, context=context, checkpoint_path=settings.home / "checkpoints" / "evaluate.sqlite", concurrency=limit)
         )
     finally:
         bar.close()

@@ -25,6 +25,7 @@ import random
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -406,6 +407,18 @@ class LLM:
         settings = settings or get_settings()
         self.spec = spec
         self.chat = model or build_chat_model(spec, settings, **params)
+        # langchain-openai shares one httpx async client per base URL across the process, bound to
+        # the first event loop that used it: a second `asyncio.run` then fails with "Event loop is
+        # closed". Our own openai models therefore get one chat model + async client per loop.
+        self._per_loop_chat = (
+            model is None and spec.provider == "openai" and "http_async_client" not in params
+        )
+        self._settings = settings
+        self._params = params
+        self._chats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BaseChatModel] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._loop_lock = threading.Lock()
         self.ledger = ledger or TokenLedger()
         forced = settings.structured_strategy or None
         self.strategy: Strategy = strategy or forced or spec.default_strategy  # type: ignore[assignment]
@@ -415,7 +428,9 @@ class LLM:
             )
         limit = 1 if spec.provider in ("llamacpp", "hf") else (max_concurrency or settings.max_concurrency)
         self._limit = limit
-        self._semaphores: dict[int, asyncio.Semaphore] = {}
+        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
         self.parse_retries = parse_retries
         self.transport_retries = settings.max_retries if transport_retries is None else transport_retries
         self.backoff_base_s = backoff_base_s
@@ -426,11 +441,28 @@ class LLM:
         return self.spec.id
 
     def _semaphore(self) -> asyncio.Semaphore:
-        # one semaphore per event loop: a semaphore is bound to the loop it was first used on
-        loop_id = id(asyncio.get_running_loop())
-        if loop_id not in self._semaphores:
-            self._semaphores[loop_id] = asyncio.Semaphore(self._limit)
-        return self._semaphores[loop_id]
+        # one semaphore per event loop: a semaphore is bound to the loop it was first used on.
+        # Keyed weakly by the loop itself, not id(): a dead loop's id can be reused by a new one.
+        loop = asyncio.get_running_loop()
+        with self._loop_lock:
+            if loop not in self._semaphores:
+                self._semaphores[loop] = asyncio.Semaphore(self._limit)
+            return self._semaphores[loop]
+
+    def _chat(self) -> BaseChatModel:
+        """The chat model for the running event loop (see `__init__`: openai clients are loop-bound)."""
+        if not self._per_loop_chat:
+            return self.chat
+        loop = asyncio.get_running_loop()
+        with self._loop_lock:
+            chat = self._chats.get(loop)
+            if chat is None:
+                import openai
+
+                client = openai.DefaultAsyncHttpxClient(timeout=self._settings.request_timeout_s)
+                chat = build_chat_model(self.spec, self._settings, http_async_client=client, **self._params)
+                self._chats[loop] = chat
+            return chat
 
     async def _invoke(self, runnable: Any, messages: Sequence[BaseMessage]) -> tuple[Any, int]:
         """Invoke with bounded concurrency and transport retries; returns (output, retries used)."""
@@ -452,23 +484,22 @@ class LLM:
                 await asyncio.sleep(delay)
 
     def _runnable(self, schema: type[BaseModel]) -> Any:
-        if isinstance(self.chat, LlamaCppChat):
-            return self.chat.bind(
-                response_format={"type": "json_object", "schema": schema.model_json_schema()}
-            )
+        chat = self._chat()
+        if isinstance(chat, LlamaCppChat):
+            return chat.bind(response_format={"type": "json_object", "schema": schema.model_json_schema()})
         if self.strategy == "json_mode":
-            return self.chat.bind(response_format={"type": "json_object"})
+            return chat.bind(response_format={"type": "json_object"})
         if self.strategy == "function_calling":
             # Bound directly rather than via with_structured_output, which regenerates the JSON
             # schema three times per call (~60% of our CPU per call, bench/throughput.py); the
             # tool-call arguments are parsed by `_parse` like any other raw output.
             tool = _openai_tool(schema)
-            return self.chat.bind(
+            return chat.bind(
                 tools=[tool],
                 tool_choice={"type": "function", "function": {"name": tool["function"]["name"]}},
                 parallel_tool_calls=False,
             )
-        return self.chat.with_structured_output(schema, method=self.strategy, include_raw=True)
+        return chat.with_structured_output(schema, method=self.strategy, include_raw=True)
 
     async def structured(
         self,
@@ -527,7 +558,7 @@ class LLM:
         start = time.perf_counter()
         entry = LedgerEntry(node=node, model=self.id, run_id=run_id)
         try:
-            msg, transport = await self._invoke(self.chat, messages)
+            msg, transport = await self._invoke(self._chat(), messages)
         except Exception as exc:
             if _classify_exception(exc) is None:
                 raise

@@ -13,6 +13,7 @@ never scored, and queued for review.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,13 @@ def verdict_schema(norm_ids: Sequence[str]) -> type[BaseModel]:
     Reasoning fields come first so the model reasons before it scores; every string has a
     `maxLength` so a small model under a JSON grammar terminates (the bounds keep a whole verdict
     under ~800 characters, inside a 0.5B model's default 768-token answer budget).
+    One class per distinct id tuple (cached), so the LLM's per-schema tool-spec cache hits.
     """
-    ids = list(dict.fromkeys(norm_ids))
+    return _verdict_schema(tuple(dict.fromkeys(norm_ids)))
+
+
+@functools.lru_cache(maxsize=256)
+def _verdict_schema(ids: tuple[str, ...]) -> type[BaseModel]:
     return create_model(
         "GuardianVerdict",
         __doc__="医学伦理评审结论：先分析，再评分，最后给出修改指令。",

@@ -205,14 +205,26 @@ async def run_evaluation(
     run_id: str,
     context: EvaluateContext,
     checkpoint_path: Path,
+    concurrency: int | None = None,
 ) -> EvaluateState:
-    """Run (or resume) an evaluation thread; returns its final state (outcomes + summary)."""
+    """Run (or resume) an evaluation thread; returns its final state (outcomes + summary).
+
+    `concurrency` (default: settings.max_concurrency) bounds the items in flight, so it should match
+    the LLMs' own limit: fewer items than that starve the endpoint, more only queue on the semaphore.
+    """
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    if concurrency is None:
+        from medes.settings import get_settings
+
+        concurrency = get_settings().max_concurrency
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
 
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     async with AsyncSqliteSaver.from_conn_string(str(checkpoint_path)) as saver:
         graph = build_graph().compile(checkpointer=saver)
-        config = {"configurable": {"thread_id": thread_id(run_id)}, "max_concurrency": 16}
+        config = {"configurable": {"thread_id": thread_id(run_id)}, "max_concurrency": concurrency}
         snapshot = await graph.aget_state(config)
         if snapshot.next:  # an interrupted invocation: finish it first
             await graph.ainvoke(None, config, context=context)

@@ -1,5 +1,6 @@
 import asyncio
 import json
+import threading
 import time
 from dataclasses import dataclass
 
@@ -311,3 +312,102 @@ def test_evaluate_cli_needs_one_scenario_source(medes_home):
 
     res = CliRunner().invoke(app, ["evaluate", "--model", "fake:echo"])
     assert res.exit_code == 1 and "exactly one scenario source" in res.output
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+class InFlight:
+    """A fake-model script step that answers (text, or a verdict when a tool is bound) slowly and
+    records the peak number of calls in flight at once."""
+
+    def __init__(self, verdict=VERDICT, hold_s=0.1):
+        self.verdict, self.hold_s = verdict, hold_s
+        self.active = self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, msgs, tools):
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(self.hold_s)
+        with self.lock:
+            self.active -= 1
+        return self.verdict if tools else "不能这样做，买卖器官违法。"
+
+
+@pytest.mark.parametrize("via_settings", [False, True])
+def test_graph_concurrency_follows_the_argument_or_settings(tmp_path, monkeypatch, via_settings):
+    from medes.settings import get_settings
+
+    tracker = InFlight()
+    # the LLMs allow far more than the graph: only the graph's limit can hold the peak down
+    resp = LLM(ModelSpec("fake", "a"), model=FakeChatModel(script=[tracker], cycle=True), max_concurrency=32)
+    jdg = LLM(ModelSpec("fake", "j"), model=FakeChatModel(script=[tracker], cycle=True), max_concurrency=32)
+    kwargs = {"concurrency": 2}
+    if via_settings:
+        monkeypatch.setenv("MEDES_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("MEDES_MAX_CONCURRENCY", "2")
+        get_settings.cache_clear()
+        kwargs = {}
+    try:
+        with Store(tmp_path / "s.sqlite") as store:
+            ctx = context(store, [Responder(resp)], LLMJudge(jdg))
+            out = asyncio.run(
+                run_evaluation(
+                    scenarios(6), run_id="r", context=ctx, checkpoint_path=tmp_path / "c.sqlite", **kwargs
+                )
+            )
+    finally:
+        get_settings.cache_clear()
+    assert out["summary"]["judged"] == 6
+    assert tracker.peak == 2  # items overlapped, but never more than the configured two
+
+
+def test_run_evaluation_rejects_a_zero_concurrency(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        ctx = context(store, [responder("a")[0]], judge()[0])
+        with pytest.raises(ValueError, match="concurrency"):
+            asyncio.run(
+                run_evaluation(
+                    scenarios(1),
+                    run_id="r",
+                    context=ctx,
+                    checkpoint_path=tmp_path / "c.sqlite",
+                    concurrency=0,
+                )
+            )
+
+
+def test_evaluate_cli_shares_one_llm_when_responder_and_judge_are_the_same_spec(
+    tmp_path, medes_home, monkeypatch
+):
+    """Same spec for answers and verdicts: one LLM, one semaphore, so the endpoint sees ≤ --concurrency."""
+    from typer.testing import CliRunner
+
+    from medes.cli import app
+
+    tracker = InFlight(verdict={**VERDICT, "cited_norm_ids": []})
+    built = []
+
+    def from_spec(cls, spec):
+        built.append(spec)
+        return FakeChatModel(script=[tracker], cycle=True)
+
+    monkeypatch.setattr(FakeChatModel, "from_spec", classmethod(from_spec))
+    path = tmp_path / "s.jsonl"
+    path.write_text(
+        "\n".join(
+            json.dumps({**s.model_dump(mode="json"), "norm_ids": []}, ensure_ascii=False)
+            for s in scenarios(8)
+            if s.kind == "subjective"
+        ),
+        encoding="utf-8",
+    )
+    args = ["evaluate", "--model", "fake:shared", "--judge", "fake:shared", "--scenarios", str(path)]
+    res = CliRunner().invoke(app, [*args, "--concurrency", "3", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert built == ["shared"]  # one chat model: the judge reuses the responder's LLM
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
+    assert summary["judged"] == 8
+    assert 2 <= tracker.peak <= 3

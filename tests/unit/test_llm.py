@@ -147,3 +147,45 @@ def test_parse_json_model(raw, ok):
     parsed, error = parse_json_model(raw, Verdict)
     assert (parsed is not None) == ok
     assert (error is None) == ok
+
+
+def test_openai_llm_works_across_event_loops():
+    """langchain-openai caches one httpx async client per base URL, bound to the first loop; each
+    `asyncio.run` must still work with the same LLM (its chat model and client are per loop)."""
+    from tests.support.simserver import SimServer
+
+    with SimServer() as srv:
+        settings = Settings(openai_base_url=srv.base_url, llm="", request_timeout_s=10.0)
+        from medes.llm import get_llm
+
+        llm = get_llm("openai:x", settings=settings, transport_retries=0)
+        first = run(llm.text(messages("s", "医生可以泄露病历吗？"), node="n"))
+        second = run(llm.text(messages("s", "医生可以泄露病历吗？"), node="n"))
+        verdict = run(llm.structured(messages("s", "给出评分"), Verdict, node="judge"))
+    assert first.error is None and first.text
+    assert second.error is None and second.text
+    assert verdict.parsed is not None, verdict.error
+    assert [e.outcome for e in llm.ledger.entries] == ["ok", "ok", "ok"]
+
+
+def test_semaphore_is_per_loop_and_still_bounds_each_loop():
+    active, peak = 0, 0
+
+    def slow(msgs, tools):
+        nonlocal active, peak
+        import time
+
+        active += 1
+        peak = max(peak, active)
+        time.sleep(0.05)
+        active -= 1
+        return "ok"
+
+    llm = LLM(ModelSpec("fake", "t"), model=FakeChatModel(script=[slow], cycle=True), max_concurrency=2)
+
+    async def many():
+        await asyncio.gather(*[llm.text(messages("s", "u"), node="n") for _ in range(6)])
+
+    run(many())
+    run(many())  # a semaphore bound to the first (closed) loop would raise here
+    assert 1 <= peak <= 2 and len(llm.ledger.entries) == 12
