@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
+from medes.agents.guardian import defuse
 from medes.llm import LLM, messages
 from medes.prompts import Prompt, render
 from medes.records import Provision, Scenario, content_id
@@ -42,7 +44,16 @@ def _norm_field(ids: Sequence[str]) -> Any:
 
 
 def subjective_schema(ids: Sequence[str]) -> type[BaseModel]:
-    """norm ids first (the choice the rest depends on), then the parts, then the reference."""
+    """norm ids first (the choice the rest depends on), then the parts, then the reference.
+
+    Cached per id tuple: the same retrieval yields the same class, so the LLM layer's tool-spec cache
+    (keyed by class) hits instead of rebuilding the spec on every call.
+    """
+    return _subjective_schema(tuple(ids))
+
+
+@lru_cache(maxsize=256)
+def _subjective_schema(ids: tuple[str, ...]) -> type[BaseModel]:
     return create_model(
         "SubjectiveDraft",
         norm_ids=_norm_field(ids),
@@ -55,6 +66,12 @@ def subjective_schema(ids: Sequence[str]) -> type[BaseModel]:
 
 
 def objective_schema(ids: Sequence[str]) -> type[BaseModel]:
+    """Stem, five options, key and reference; cached per id tuple like `subjective_schema`."""
+    return _objective_schema(tuple(ids))
+
+
+@lru_cache(maxsize=256)
+def _objective_schema(ids: tuple[str, ...]) -> type[BaseModel]:
     letter = Literal["A", "B", "C", "D", "E"]
     options = {
         f"option_{c}": (str, Field(max_length=OPTION_MAX, description=f"选项{c.upper()}")) for c in "abcde"
@@ -93,8 +110,14 @@ def scenario_id(kind: str, scene: str, query: str, options: dict[str, str], answ
     return content_id("scn", kind, scene, query, opts, answer)
 
 
-def draft_prompt(scene: str, kind: str, provisions: Sequence[dict[str, str]]) -> Prompt:
-    return render("draft", scene=scene, kind=kind, provisions=list(provisions))
+def draft_prompt(
+    scene: str, kind: str, provisions: Sequence[dict[str, str]], *, speaker: str = "", setting: str = ""
+) -> Prompt:
+    """The draft prompt. Corpus text is untrusted: the template fences each provision, and every
+    fence marker inside it is defused here. `speaker` / `setting` come from the plan item, so items
+    sharing a (scene, norm) pair get different prompts."""
+    shown = [{k: defuse(v) for k, v in p.items()} for p in provisions]
+    return render("draft", scene=scene, kind=kind, provisions=shown, speaker=speaker, setting=setting)
 
 
 async def draft(
@@ -104,12 +127,14 @@ async def draft(
     kind: Literal["subjective", "objective"],
     provisions: Sequence[Provision],
     briefs: Sequence[dict[str, str]],
+    speaker: str = "",
+    setting: str = "",
     run_id: str = "",
 ) -> tuple[Scenario | None, ScenarioParts | None, str, Prompt, str]:
     """(scenario, parts, raw output, prompt, error). On failure the scenario is None and error says why."""
     ids = [p.id for p in provisions]
     schema = objective_schema(ids) if kind == "objective" else subjective_schema(ids)
-    prompt = draft_prompt(scene, kind, briefs)
+    prompt = draft_prompt(scene, kind, briefs, speaker=speaker, setting=setting)
     result = await llm.structured(messages(prompt.system, prompt.user), schema, node="draft", run_id=run_id)
     if result.parsed is None:
         return None, None, result.raw, prompt, result.error or "no output"

@@ -54,7 +54,11 @@ def cjk_share(text: str) -> float:
 
 
 def longest_common_substring(a: str, b: str) -> int:
-    """Length of the longest common substring (O(len(a)·len(b)); texts here are a few hundred chars)."""
+    """Length of the longest common substring (O(len(a)·len(b)), ~5 ms on a few hundred chars).
+
+    Kept for analysis (bench/generate.py reports LCS distributions); the gate uses the cheaper
+    `shares_substring`, which answers the only question it asks: is the LCS ≥ the threshold?
+    """
     if not a or not b:
         return 0
     best = 0
@@ -68,6 +72,26 @@ def longest_common_substring(a: str, b: str) -> int:
                     best = cur[j]
         prev = cur
     return best
+
+
+def shares_substring(a: str, b: str, length: int) -> str | None:
+    """A substring of `length` characters common to `a` and `b`, or None.
+
+    Same verdict as `longest_common_substring(a, b) >= length` (a common run of ≥ length characters
+    exists iff their length-grams intersect), but a set intersection: ~100× cheaper than the
+    quadratic DP, which cost ~5 ms per check in pure Python.
+    """
+    if length <= 0:
+        return ""
+    if len(a) < length or len(b) < length:
+        return None
+    if len(a) > len(b):
+        a, b = b, a
+    grams = {a[i : i + length] for i in range(len(a) - length + 1)}
+    for i in range(len(b) - length + 1):
+        if (gram := b[i : i + length]) in grams:
+            return gram
+    return None
 
 
 def _bigrams(text: str) -> set[str]:
@@ -85,9 +109,8 @@ def bigram_containment(norm: str, text: str) -> float:
 
 def leak(text: str, provision: Provision, config: GateConfig) -> str | None:
     """Why `text` restates `provision`, or None when it does not."""
-    lcs = longest_common_substring(text, provision.text)
-    if lcs >= config.leak_lcs_chars:
-        return f"{provision.id}: {lcs} consecutive characters copied"
+    if (run := shares_substring(text, provision.text, config.leak_lcs_chars)) is not None:
+        return f"{provision.id}: ≥{config.leak_lcs_chars} consecutive characters copied ({run!r})"
     share = bigram_containment(provision.text, text)
     if share >= config.leak_containment:
         return f"{provision.id}: {share:.0%} of its bigrams restated"
@@ -96,9 +119,8 @@ def leak(text: str, provision: Provision, config: GateConfig) -> str | None:
 
 def _reference_leak(text: str, reference: str, config: GateConfig) -> str | None:
     """The scenario must not state its own 考点 either (MedES queries vs their reference: LCS ≤ 8)."""
-    lcs = longest_common_substring(text, reference)
-    if lcs >= config.leak_lcs_chars:
-        return f"reference: {lcs} consecutive characters copied"
+    if (run := shares_substring(text, reference, config.leak_lcs_chars)) is not None:
+        return f"reference: ≥{config.leak_lcs_chars} consecutive characters copied ({run!r})"
     share = bigram_containment(reference, text)
     if share >= config.leak_containment:
         return f"reference: {share:.0%} of its bigrams restated"

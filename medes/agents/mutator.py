@@ -3,12 +3,14 @@
 The operator texts live in `prompts/mutate.j2`, so their wording is versioned by the prompt hash.
 The child keeps the parent's norm ids and reference (the norm under test does not change), records
 the operator chain in `attack`, points `parent_id` at the draft and `family_id` at the root, and is
-one step harder.
+one step harder. The parent query is untrusted text: it is shown inside a ⟦原情境⟧ fence that the
+system prompt declares to be data, with any fence marker inside it defused (`guardian.defuse`).
 """
 
 from __future__ import annotations
 
 from medes.agents.drafter import ScenarioParts, assemble_query, scenario_id
+from medes.agents.guardian import defuse
 from medes.llm import LLM, messages
 from medes.prompts import Prompt, render
 from medes.records import MUTATION_OPERATORS, Scenario
@@ -17,8 +19,9 @@ from medes.records import MUTATION_OPERATORS, Scenario
 def mutate_prompt(operator: str, parent: Scenario, parts: ScenarioParts | None) -> Prompt:
     if operator not in MUTATION_OPERATORS:
         raise ValueError(f"unknown mutation operator {operator!r}; known: {', '.join(MUTATION_OPERATORS)}")
-    speaker = parts.speaker if parts is not None else "与原情境相同"
-    return render("mutate", operator=operator, query=parent.query, speaker=speaker)
+    # the parent query and speaker are model output (untrusted): fenced by the template, defused here
+    speaker = defuse(parts.speaker) if parts is not None else "与原情境相同"
+    return render("mutate", operator=operator, query=defuse(parent.query), speaker=speaker)
 
 
 async def mutate(

@@ -5,6 +5,13 @@ works through exactly the same items. Scenes are filled by quota; within a scene
 rotate through the provisions the index finds relevant to that scene, least-used first. When the
 store holds guardian judgments, scenes and norms where the guardian saw more failures get more
 items: weight (failed+1)/(judged+2), the smoothed failure rate (unjudged = 0.5).
+
+Once n exceeds a scene's candidate norms, several items share a (scene, seed norm) pair; with the
+same retrieval they would get byte-identical draft prompts, and a deterministic model would draft
+duplicates that dedup then discards. So each item also gets a speaker role and a setting: the k-th
+item of a pair takes combination (offset + 7k) mod 36 of the 6 roles × 6 settings (7 is coprime to
+36 and steps both role and setting), the offset hashed from (run id, seed, scene, norm). Up to 36
+items of one pair thus draw distinct prompts, and the choice is reproducible.
 """
 
 from __future__ import annotations
@@ -37,6 +44,13 @@ SCENE_QUERIES: dict[str, str] = {
 }
 
 
+SPEAKERS: tuple[str, ...] = ("医生", "护士", "研究人员", "患者", "患者家属", "医院管理人员")
+"""Speaker roles (for objective items: the stem's main party), rotated per (scene, norm) pair."""
+SETTINGS: tuple[str, ...] = ("门诊", "急诊", "ICU", "社区卫生服务中心", "科研项目", "互联网医院")
+"""Settings the draft prompt places the item in, rotated with the speaker."""
+_STEP = 7
+
+
 class PlanItem(BaseModel):
     """One thread of a generation run."""
 
@@ -47,6 +61,10 @@ class PlanItem(BaseModel):
     kind: Literal["subjective", "objective"] = "subjective"
     operators: list[str] = []
     """Mutation operators to apply to the draft (one `Send` branch each)."""
+    speaker: str = ""
+    """Speaker role the draft prompt asks for ("" in plans made before roles existed: any speaker)."""
+    setting: str = ""
+    """Where the item takes place ("" in older plans: unspecified)."""
 
 
 class SearchIndex(Protocol):
@@ -123,11 +141,33 @@ def plan(
     n_objective = round(n * objective_share)
     objective_slots = set(rng.sample(range(n), n_objective)) if n_objective else set()
     items = []
+    occurrence: dict[tuple[str, str], int] = {}
     for i, (scene, norm) in enumerate(order):
         kind = "objective" if i in objective_slots else "subjective"
         ops = [] if kind == "objective" else rng.sample(list(operators), min(mutations, len(operators)))
-        items.append(PlanItem(index=i, scene=scene, seed_norm=norm, kind=kind, operators=ops))
+        k = occurrence.get((scene, norm), 0)
+        occurrence[(scene, norm)] = k + 1
+        speaker, setting = _variant(run_id, seed, scene, norm, k)
+        items.append(
+            PlanItem(
+                index=i,
+                scene=scene,
+                seed_norm=norm,
+                kind=kind,
+                operators=ops,
+                speaker=speaker,
+                setting=setting,
+            )
+        )
     return items
+
+
+def _variant(run_id: str, seed: int, scene: str, norm: str, k: int) -> tuple[str, str]:
+    """(speaker, setting) of the k-th item of a (scene, norm) pair; distinct for k < 36."""
+    size = len(SPEAKERS) * len(SETTINGS)
+    digest = hashlib.sha256(f"{run_id}\x1f{seed}\x1f{scene}\x1f{norm}".encode()).digest()
+    combo = (int.from_bytes(digest[:8], "big") + _STEP * k) % size
+    return SPEAKERS[combo % len(SPEAKERS)], SETTINGS[combo // len(SPEAKERS)]
 
 
 def provision_brief(p: Provision, max_chars: int = 220) -> dict[str, str]:

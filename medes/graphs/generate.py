@@ -91,6 +91,8 @@ async def draft_node(state: GenerateState, runtime: Runtime[GenerateContext]) ->
         kind=item.kind,  # type: ignore[arg-type]
         provisions=provisions,
         briefs=[provision_brief(p) for p in provisions],
+        speaker=item.speaker,
+        setting=item.setting,
         run_id=run_id,
     )
     if scenario is None:

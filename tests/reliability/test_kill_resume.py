@@ -70,7 +70,9 @@ def request_fingerprints(state: dict, index) -> set[str]:
 
     item = PlanItem.model_validate(state["item"])
     provisions = [index.get(h["provision_id"]) for h in state["hits"]]
-    prompt = draft_prompt(item.scene, item.kind, [provision_brief(p) for p in provisions])
+    prompt = draft_prompt(
+        item.scene, item.kind, [provision_brief(p) for p in provisions], speaker=item.speaker, setting=item.setting
+    )
     name = "ObjectiveDraft" if item.kind == "objective" else "SubjectiveDraft"
     fps = {fingerprint(_wire(messages(prompt.system, prompt.user)), name)}
     if state.get("draft_ok"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from test_generate_fakes import PROVISIONS, FakeIndex
 
@@ -97,6 +99,26 @@ def test_cjk_share_and_lcs_helpers():
     assert gates.cjk_share("，。！") == 0.0
     assert gates.longest_common_substring("甲乙丙丁", "乙丙丁戊") == 3
     assert gates.longest_common_substring("", "x") == 0
+    assert gates.shares_substring("甲乙丙丁", "乙丙丁戊", 3) == "乙丙丁"
+    assert gates.shares_substring("甲乙丙丁", "乙丙丁戊", 4) is None
+    assert gates.shares_substring("", "x", 1) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("甲乙丙丁，", max_size=40), st.text("甲乙丙丁，", max_size=40), st.integers(1, 14))
+def test_the_fast_leak_check_agrees_with_the_longest_common_substring(a, b, length):
+    # the gate's n-gram check must give the verdict of the exact LCS rule it replaces
+    assert (gates.shares_substring(a, b, length) is not None) == (
+        gates.longest_common_substring(a, b) >= length
+    )
+
+
+def test_a_copied_run_at_the_threshold_leaks_and_one_char_shorter_does_not():
+    norm = PROVISIONS[0]
+    config = gates.GateConfig(leak_lcs_chars=12, leak_containment=1.01)
+    pad = "我是医生请问这样可以吗" * 3
+    assert gates.leak(pad + norm.text[:12] + pad, norm, config) is not None
+    assert gates.leak(pad + norm.text[:11] + pad, norm, config) is None
 
 
 # ------------------------------------------------------------------ planner
@@ -121,6 +143,25 @@ def test_plan_is_deterministic_and_fills_scene_quotas():
 def test_plan_rotates_norms_within_a_scene_before_repeating():
     items = plan(3, run_id="r", seed=0, candidates={"常规诊疗": [p.id for p in PROVISIONS[:3]]})
     assert sorted(i.seed_norm for i in items) == sorted(p.id for p in PROVISIONS[:3])
+
+
+def test_items_sharing_a_scene_and_norm_get_different_draft_prompts():
+    # one candidate norm, many items: every item shares (scene, norm), yet no two prompts are equal
+    items = plan(12, run_id="r", seed=3, candidates={"常规诊疗": [PROVISIONS[0].id]}, objective_share=0.25)
+    assert {(i.scene, i.seed_norm) for i in items} == {("常规诊疗", PROVISIONS[0].id)}
+    assert len({(i.speaker, i.setting) for i in items}) == len(items)
+    briefs = [provision_brief(PROVISIONS[0])]
+    prompts = [
+        draft_prompt(i.scene, i.kind, briefs, speaker=i.speaker, setting=i.setting).user for i in items
+    ]
+    assert len(set(prompts)) == len(items)
+    for item, user in zip(items, prompts, strict=True):
+        assert f"发生在：{item.setting}" in user
+        assert item.speaker in user
+        assert (f"说话人（{item.speaker}）" in user) == (item.kind == "subjective")
+    # reproducible: the same run id and seed give the same roles and settings
+    again = plan(12, run_id="r", seed=3, candidates={"常规诊疗": [PROVISIONS[0].id]}, objective_share=0.25)
+    assert [(i.speaker, i.setting) for i in again] == [(i.speaker, i.setting) for i in items]
 
 
 def test_guardian_failures_steer_the_plan_toward_weak_scenes():
@@ -153,6 +194,13 @@ def test_plan_without_any_candidates_is_an_error():
 
 
 # ------------------------------------------------------------------ schemas and prompts
+
+
+def test_draft_schemas_are_built_once_per_id_tuple():
+    ids = [p.id for p in PROVISIONS[:2]]
+    assert subjective_schema(ids) is subjective_schema(tuple(ids))
+    assert objective_schema(ids) is objective_schema(list(ids))
+    assert subjective_schema(ids) is not subjective_schema(ids[:1])
 
 
 def test_draft_schema_restricts_norm_ids_to_the_retrieved_set_and_bounds_strings():
