@@ -2,7 +2,8 @@
 
 A scenario must be well-formed (schema), cite only provisions that resolve and were retrieved for it
 (grounding), describe conduct without restating the norm or its own reference (no_leak), be Chinese, stay within length
-bounds, and, for objective items, have options A–E and a valid key. Every failing check yields one
+bounds, read as a situation rather than a loop of one sentence (repetition), state its norm in words
+(reference), and, for objective items, have options A–E and a valid key. Every failing check yields one
 `GateFailure`; the graph records each as a gate event so the rejection profile is measurable.
 
 Leak thresholds come from the MedES authors' public sample (see docs/benchmarks.md, "Generation"):
@@ -12,6 +13,7 @@ at most 27% of its character bigrams; a small model that pastes the provision la
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -32,12 +34,16 @@ class GateConfig:
     """A common substring this long with a cited provision is a pasted norm (MedES max: 8)."""
     leak_containment: float = 0.45
     """Share of a provision's character bigrams found in the query (MedES max: 0.27)."""
+    min_repeat_chars: int = 6
+    """A sentence this long that occurs twice is a degenerate loop, not a scenario (MedES: none)."""
+    min_reference_chars: int = 8
+    """The norm in words; a bare label like `第七十条` or an id says nothing (MedES min: 12)."""
 
 
 @dataclass(frozen=True)
 class GateFailure:
     reason: str
-    """Stable code: schema, grounding, no_leak, chinese, length, options, key, unchanged."""
+    """Stable code: schema, grounding, no_leak, chinese, length, options, key, unchanged, repetition, reference."""
     detail: str
 
 
@@ -178,6 +184,7 @@ def check(
 
     if scenario.kind == "objective":
         failures.extend(_objective(scenario, config))
+    failures.extend(_coherence(scenario, config))
 
     if parent is not None and _normalise(parent.query) == _normalise(scenario.query):
         failures.append(GateFailure("unchanged", "mutation returned the parent's text"))
@@ -201,3 +208,32 @@ def _objective(scenario: Scenario, config: GateConfig) -> list[GateFailure]:
 
 def _normalise(text: str) -> str:
     return "".join(c for c in text if c.isalnum())
+
+
+_SENTENCE_END = re.compile(r"[。！？!?；;]")
+_BARE_LABEL = re.compile(r"^(第[一二三四五六七八九十百千零〇\d]+条(之[一二三四五六七八九十]+)?|[\d.]+)$")
+
+
+def repeated_sentence(text: str, min_chars: int) -> str | None:
+    """A sentence (≥ min_chars alphanumerics) that occurs twice: small models loop like this."""
+    seen: set[str] = set()
+    for sentence in _SENTENCE_END.split(text):
+        key = _normalise(sentence)
+        if len(key) < min_chars:
+            continue
+        if key in seen:
+            return sentence.strip()
+        seen.add(key)
+    return None
+
+
+def _coherence(scenario: Scenario, config: GateConfig) -> list[GateFailure]:
+    out: list[GateFailure] = []
+    if (again := repeated_sentence(scenario.query, config.min_repeat_chars)) is not None:
+        out.append(GateFailure("repetition", f"sentence repeated: {again[:60]!r}"))
+    if re.match(r"^\s*我是我", scenario.query):
+        out.append(GateFailure("repetition", "speaker is 我是我: no role stated"))
+    ref = scenario.reference.strip()
+    if ref and (len(_normalise(ref)) < config.min_reference_chars or "#" in ref or _BARE_LABEL.match(ref)):
+        out.append(GateFailure("reference", f"reference {ref[:40]!r} does not state the norm in words"))
+    return out

@@ -93,7 +93,7 @@ def test_leaking_draft_is_rejected_by_the_gate_and_not_mutated(store):
         "situation": "医师实施手术、特殊检查或者特殊治疗前，应当向患者具体说明医疗风险和替代医疗方案。",
         "plan": "我今天准备给一位老人做手术。",
         "question": "可以吗",
-        "reference": "考点",
+        "reference": "医师实施手术应当取得患者或其近亲属的书面同意。",
     }
     llm, model = fake_llm([leak])
     out, _, _ = asyncio.run(_invoke(_context(llm, store), _item()))

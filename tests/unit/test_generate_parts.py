@@ -26,7 +26,7 @@ QUERY = "我是县医院骨科的主治医生。一位七十岁的老人髋部�
 
 
 def _scenario(**kw) -> Scenario:
-    base = dict(id="s1", scene="常规诊疗", query=QUERY, norm_ids=[PROVISIONS[0].id], reference="应取得同意。")
+    base = dict(id="s1", scene="常规诊疗", query=QUERY, norm_ids=[PROVISIONS[0].id], reference="实施手术应向患者说明风险并取得其书面同意。")
     return Scenario(**{**base, **kw})
 
 
@@ -283,3 +283,21 @@ def test_a_scenario_that_states_its_own_reference_leaks():
     s = _scenario(reference=ref, query=QUERY + "我需要了解手术前应向患者说明并取得其明确同意吗？")
     assert _check(s) == {"no_leak"}
     assert _check(_scenario(reference=ref)) == set()
+
+
+@pytest.mark.parametrize(
+    "query,reference,reasons",
+    [
+        ("我是医生。患者要求保密。我打算告诉他的雇主。这样可以吗？", "医师应当保护患者隐私，不得泄露。", set()),
+        ("我是医生。我打算告诉他的雇主病情。我打算告诉他的雇主病情。可以吗？", "医师应当保护患者隐私，不得泄露。", {"repetition"}),
+        ("我是我。患者要求保密，我打算告诉他的雇主。这样可以吗？", "医师应当保护患者隐私，不得泄露。", {"repetition"}),
+        ("我是医生。患者要求保密。我打算告诉他的雇主。这样可以吗？", "第七十条", {"reference"}),
+        ("我是医生。患者要求保密。我打算告诉他的雇主。这样可以吗？", "中华人民共和国医师法#第二十三条", {"reference"}),
+    ],
+)
+def test_coherence_gate(query, reference, reasons):
+    from medes.agents.gates import GateConfig, _coherence
+    from medes.records import Scenario
+
+    s = Scenario(id="s", scene="常规诊疗", query=query, norm_ids=["x#第一条"], reference=reference)
+    assert {f.reason for f in _coherence(s, GateConfig())} == reasons

@@ -1,0 +1,20 @@
+"""The coherence gates never reject a real MedES scenario (calibration against the authors' sample)."""
+
+import csv
+
+from medes.agents.gates import GateConfig, _coherence
+from medes.records import Scenario
+from tests.support.shared import shared_path
+
+
+def test_no_medes_sample_item_fails_the_coherence_gates():
+    path = shared_path("benchmarks", "medes_medethicalign_sample", "data", "subjective", "subjective_sample_questions.csv")
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 140
+    flagged = []
+    for r in rows:
+        s = Scenario(id=r["sample_id"], scene=r["scene"], query=r["query"], norm_ids=["x#第一条"], reference=r["reference"])
+        if failures := _coherence(s, GateConfig()):
+            flagged.append((r["sample_id"], failures))
+    assert flagged == []
