@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
+from medes.agents.gates import states_norm
 from medes.agents.guardian import defuse
 from medes.llm import LLM, messages
 from medes.prompts import Prompt, render
@@ -149,13 +150,19 @@ async def draft(
         parts = ScenarioParts(**{k: out[k] for k in ("speaker", "situation", "plan", "question")})
         options, answer = {}, ""
         query = assemble_query(parts)
+    reference = out["reference"].strip()
+    if not states_norm(reference):
+        # small models often write just the article label; the cited provision's own text is the
+        # norm in words, so the reference is taken from it instead of losing a grounded draft
+        cited = next(p for p in provisions if p.id == norm_ids[0])
+        reference = cited.text.strip()[:REFERENCE_MAX]
     sid = scenario_id(kind, scene, query, options, answer)
     scenario = Scenario(
         id=sid,
         scene=scene,
         query=query,
         norm_ids=norm_ids,
-        reference=out["reference"].strip(),
+        reference=reference,
         kind=kind,
         options=options,
         answer=answer,

@@ -234,6 +234,12 @@ def _coherence(scenario: Scenario, config: GateConfig) -> list[GateFailure]:
     if re.match(r"^\s*我是我", scenario.query):
         out.append(GateFailure("repetition", "speaker is 我是我: no role stated"))
     ref = scenario.reference.strip()
-    if ref and (len(_normalise(ref)) < config.min_reference_chars or "#" in ref or _BARE_LABEL.match(ref)):
+    if ref and not states_norm(ref, config):
         out.append(GateFailure("reference", f"reference {ref[:40]!r} does not state the norm in words"))
     return out
+
+
+def states_norm(reference: str, config: GateConfig = GateConfig()) -> bool:
+    """False for a bare article label (`第七十条`), a provision id or a fragment too short to be a rule."""
+    ref = reference.strip()
+    return len(_normalise(ref)) >= config.min_reference_chars and "#" not in ref and not _BARE_LABEL.match(ref)

@@ -161,3 +161,19 @@ def test_run_threads_skips_finished_threads_on_a_second_pass(store, tmp_path):
     assert [o.status for o in second] == ["skipped"] * 3 and len(model.calls) == 6
     assert sorted(sum((o.stored for o in second), [])) == sorted(s.id for s in store.scenarios())
     assert all(isinstance(s, Scenario) for s in store.scenarios())
+
+
+def test_a_bare_article_label_as_reference_is_replaced_by_the_cited_norm(store):
+    draft = {
+        "norm_ids": [PROVISIONS[0].id],
+        "speaker": "外科医生",
+        "situation": "一位老人髋部骨折需要手术，今天只有邻居陪着。",
+        "plan": "我打算让邻居代签同意书，先把手术做了。",
+        "question": "这样做可以吗？",
+        "reference": "第七十条",
+    }
+    llm, _ = fake_llm([draft])
+    asyncio.run(_invoke(_context(llm, store), _item(operators=())))
+    (stored,) = store.scenarios()
+    assert stored.reference == PROVISIONS[0].text.strip()[: len(stored.reference)]
+    assert stored.reference != "第七十条" and len(stored.reference) > 8
