@@ -1,7 +1,7 @@
 """Statute-style text → citable `Provision`s (one per article 第X条, item, clause or text chunk).
 
 Input is the markdown layout of LawRefBook/Laws and of our own packs: a `# 标题` line (the 民法典
-books add a second `# 编名` line), optional history lines ended by `<!-- INFO END -->` (the marker
+books add a second `# 编名` line), optional history lines ended by an HTML comment `INFO END` (the marker
 is optional), `##`/`###`/`####` headings for 编/章/节, and articles that start a line with `第X条`
 followed by a space. Files without articles (amendment instruments, technical standards, court case
 summaries) are still ingested, in a shape chosen per file and reported, because a corpus ingest
@@ -23,7 +23,8 @@ from typing import Literal
 from medes.records import Provision, Source
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
-INFO_END = "<!-- INFO END -->"
+INFO_END = re.compile(r"^<!--\s*INFO\s+END\s*-->$", re.MULTILINE)
+"""The comment line that ends the title/history header (whitespace inside it tolerated)."""
 
 Shape = Literal["articles", "amendment_items", "clauses", "text", "none"]
 Status = Literal["ok", "warning", "skipped"]
@@ -359,7 +360,7 @@ def read_text(path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str | 
 
 def _split_header(lines: list[str]) -> tuple[list[str], list[str], int]:
     """(`#` title lines, history lines, index of the first body line)."""
-    marker = next((i for i, line in enumerate(lines) if line.strip() == INFO_END), None)
+    marker = next((i for i, line in enumerate(lines) if INFO_END.match(line.strip())), None)
     titles: list[str] = []
     history: list[str] = []
     if marker is not None:
@@ -469,7 +470,7 @@ def _walk(
     seen_start = False
     for i, raw in enumerate(body, start=offset + 1):
         line = _clean_line(raw)
-        if not line or line == INFO_END:
+        if not line or INFO_END.match(line):
             continue
         level_heading = _heading(line)
         if not level_heading and _BARE_CHAPTER.match(line):
@@ -518,7 +519,7 @@ def _text_units(body: list[str], offset: int, book_path: list[str]) -> list[_Uni
     paragraphs: list[str] = []
     for raw in body:
         line = _clean_line(raw)
-        if not line or line == INFO_END:
+        if not line or INFO_END.match(line):
             continue
         heading = _HEADING_MD.match(line)
         paragraphs.append(normalize_label(heading.group(2)) if heading else line)
