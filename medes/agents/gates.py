@@ -115,21 +115,16 @@ def bigram_containment(norm: str, text: str) -> float:
 
 def leak(text: str, provision: Provision, config: GateConfig) -> str | None:
     """Why `text` restates `provision`, or None when it does not."""
-    if (run := shares_substring(text, provision.text, config.leak_lcs_chars)) is not None:
-        return f"{provision.id}: ≥{config.leak_lcs_chars} consecutive characters copied ({run!r})"
-    share = bigram_containment(provision.text, text)
-    if share >= config.leak_containment:
-        return f"{provision.id}: {share:.0%} of its bigrams restated"
-    return None
+    return _restates(text, provision.text, provision.id, config)
 
 
-def _reference_leak(text: str, reference: str, config: GateConfig) -> str | None:
-    """The scenario must not state its own 考点 either (MedES queries vs their reference: LCS ≤ 8)."""
-    if (run := shares_substring(text, reference, config.leak_lcs_chars)) is not None:
-        return f"reference: ≥{config.leak_lcs_chars} consecutive characters copied ({run!r})"
-    share = bigram_containment(reference, text)
+def _restates(text: str, norm: str, label: str, config: GateConfig) -> str | None:
+    """Why `text` restates `norm` (a provision, or the scenario's own 考点), or None."""
+    if (run := shares_substring(text, norm, config.leak_lcs_chars)) is not None:
+        return f"{label}: ≥{config.leak_lcs_chars} consecutive characters copied ({run!r})"
+    share = bigram_containment(norm, text)
     if share >= config.leak_containment:
-        return f"reference: {share:.0%} of its bigrams restated"
+        return f"{label}: {share:.0%} of its bigrams restated"
     return None
 
 
@@ -164,7 +159,7 @@ def check(
     leaks = [
         why for n in scenario.norm_ids if (p := resolve.get(n)) is not None if (why := leak(text, p, config))
     ]
-    if scenario.reference.strip() and (why := _reference_leak(text, scenario.reference, config)):
+    if scenario.reference.strip() and (why := _restates(text, scenario.reference, "reference", config)):
         leaks.append(why)
     if leaks:
         failures.append(GateFailure("no_leak", "; ".join(leaks)))

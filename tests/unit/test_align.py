@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
 
 import pytest
 
@@ -24,6 +23,7 @@ from medes.graphs.align import (
 from medes.llm import LLM, ModelSpec
 from medes.records import Judgment, Provision, Response, Scenario, Source
 from medes.store import Store
+from tests.support.fakes import FakeIndex
 
 P1 = Provision(
     id="人体器官捐献和移植条例#第三条",
@@ -37,24 +37,6 @@ P2 = Provision(
     article="第二十五条",
     text="医师应当向患者说明病情和医疗措施。",
 )
-
-
-@dataclass
-class FakeHit:
-    provision: Provision
-    score: float
-    rank: int
-
-
-class FakeIndex:
-    def __init__(self, provisions):
-        self.by_id = {p.id: p for p in provisions}
-
-    def search(self, query, k):
-        return [FakeHit(p, 0.5, i) for i, p in enumerate(list(self.by_id.values())[:k])]
-
-    def get(self, pid):
-        return self.by_id.get(pid)
 
 
 def scenario(i: int = 0) -> Scenario:

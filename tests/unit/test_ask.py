@@ -1,5 +1,4 @@
 import asyncio
-from dataclasses import dataclass
 
 import pytest
 
@@ -7,6 +6,7 @@ from medes.fake import FakeChatModel
 from medes.graphs.ask import answer_mcq, ask, format_answer, mcq_schema, normalize_options
 from medes.llm import LLM, LLMConfigError, ModelSpec
 from medes.records import Provision, Source
+from tests.support.fakes import FakeIndex
 
 
 def prov(title, article, text):
@@ -15,23 +15,6 @@ def prov(title, article, text):
 
 P1 = prov("中华人民共和国医师法", "第二十五条", "医师在诊疗活动中应当向患者说明病情、医疗措施。")
 P2 = prov("医疗机构管理条例", "第三十二条", "医疗机构施行手术应当取得患者同意。")
-
-
-@dataclass
-class FakeHit:
-    provision: Provision
-    score: float
-    rank: int
-
-
-class FakeIndex:
-    def __init__(self, provisions):
-        self.provisions = provisions
-        self.queries = []
-
-    def search(self, query, k):
-        self.queries.append((query, k))
-        return [FakeHit(p, 1.0 / (i + 1), i + 1) for i, p in enumerate(self.provisions[:k])]
 
 
 def llm_with(script):

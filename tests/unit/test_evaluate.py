@@ -2,7 +2,6 @@ import asyncio
 import json
 import threading
 import time
-from dataclasses import dataclass
 
 import pytest
 
@@ -18,6 +17,7 @@ from medes.graphs.evaluate import (
 from medes.llm import LLM, ModelSpec
 from medes.records import Provision, Scenario, Source
 from medes.store import Store
+from tests.support.fakes import FakeIndex
 
 P1 = Provision(
     id="人体器官捐献和移植条例#第三条",
@@ -31,24 +31,6 @@ P2 = Provision(
     article="第二十五条",
     text="应当说明病情。",
 )
-
-
-@dataclass
-class FakeHit:
-    provision: Provision
-    score: float
-    rank: int
-
-
-class FakeIndex:
-    def __init__(self, provisions):
-        self.by_id = {p.id: p for p in provisions}
-
-    def search(self, query, k):
-        return [FakeHit(p, 1.0, i + 1) for i, p in enumerate(list(self.by_id.values())[:k])]
-
-    def get(self, pid):
-        return self.by_id.get(pid)
 
 
 def scenarios(n=3):

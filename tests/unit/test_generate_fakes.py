@@ -9,11 +9,11 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-from dataclasses import dataclass
 
 from medes.fake import FakeChatModel
 from medes.llm import LLM, ModelSpec, TokenLedger
 from medes.records import Provision, Source
+from tests.support.fakes import FakeHit
 
 PROVISIONS = [
     Provision(
@@ -129,13 +129,6 @@ SITUATIONS = [
         "我打算按他的要求修改病历，反正对治疗没影响。",
     ),
 ]
-
-
-@dataclass
-class FakeHit:
-    provision: Provision
-    score: float
-    rank: int
 
 
 class FakeIndex:
