@@ -38,6 +38,7 @@ from typing_extensions import TypedDict
 
 from medes.agents.responder import Responder, response_id
 from medes.agents.reviser import Reviser, revision_id
+from medes.graphs import thread_phase
 from medes.llm import TransientLLMError
 from medes.prompts import prompt_hash
 from medes.records import (
@@ -386,13 +387,14 @@ async def run_align(
             async with limit:
                 try:
                     snapshot = await graph.aget_state(config)
-                    done = bool(snapshot.values) and not snapshot.next
+                    phase = thread_phase(snapshot)
+                    done = phase == "finished"
                     if done:
                         out = snapshot.values
                     else:
                         start = (
                             None
-                            if snapshot.next
+                            if phase == "unfinished"
                             else AlignInput(
                                 run_id=run_id,
                                 scenario=scenario.model_dump(mode="json"),

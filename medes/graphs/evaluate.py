@@ -30,6 +30,7 @@ from typing_extensions import TypedDict
 from medes.agents.guardian import Cascade
 from medes.agents.responder import Responder, ResponderError, response_id
 from medes.benchdata import medes_scenario_id, read_csv
+from medes.graphs import thread_phase
 from medes.llm import TransientLLMError
 from medes.records import Provision, Response, Scenario, content_id
 from medes.store import Store
@@ -226,7 +227,7 @@ async def run_evaluation(
         graph = build_graph().compile(checkpointer=saver)
         config = {"configurable": {"thread_id": thread_id(run_id)}, "max_concurrency": concurrency}
         snapshot = await graph.aget_state(config)
-        if snapshot.next:  # an interrupted invocation: finish it first
+        if thread_phase(snapshot) == "unfinished":  # an interrupted invocation: finish it first
             await graph.ainvoke(None, config, context=context)
         start = EvaluateInput(
             run_id=run_id,

@@ -25,6 +25,7 @@ from medes.agents import gates
 from medes.agents.drafter import ScenarioParts, draft
 from medes.agents.mutator import mutate
 from medes.agents.planner import PlanItem, provision_brief
+from medes.graphs import thread_phase
 from medes.graphs.generate_state import (
     GenerateContext,
     GenerateInput,
@@ -273,12 +274,6 @@ def studio_graph():  # pragma: no cover - entry point for langgraph.json / `lang
 # ------------------------------------------------------------------------------------------- runner
 
 
-def is_finished(snapshot: Any) -> bool:
-    """The thread reached END. An empty `next` alone is not enough: after a kill, a step whose writes
-    were saved before its successor checkpoint shows `next == ()` with that step still in `tasks`."""
-    return bool(snapshot.values) and not snapshot.next and not snapshot.tasks
-
-
 @dataclass
 class ThreadOutcome:
     index: int
@@ -313,11 +308,12 @@ async def run_threads(
             async with limit:
                 try:
                     snapshot = await graph.aget_state(config)
-                    if is_finished(snapshot):
+                    phase = thread_phase(snapshot)
+                    if phase == "finished":
                         outcome = ThreadOutcome(item.index, "skipped", snapshot.values.get("stored", []))
                     else:
                         start = (
-                            None if snapshot.next else GenerateInput(run_id=run_id, item=item.model_dump())
+                            GenerateInput(run_id=run_id, item=item.model_dump()) if phase == "new" else None
                         )
                         # sync durability: a step is on disk before the next starts, so kill -9 loses at most
                         # the steps in flight (async mode may also lose the last finished one)

@@ -66,7 +66,8 @@ def _calls(log: Path) -> list[dict]:
 def _finished_threads(checkpoints: Path, run_id: str, n: int) -> set[str]:
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    from medes.graphs.generate import build_graph, is_finished
+    from medes.graphs import is_finished
+    from medes.graphs.generate import build_graph
 
     if not checkpoints.exists():
         return set()
