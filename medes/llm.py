@@ -152,7 +152,9 @@ def _load_llama(path: str, n_ctx: int, n_threads: int | None = None) -> Any:
     key = (path, n_ctx, n_threads)
     with _llama_lock:
         if key not in _llama_cache:
-            _llama_cache[key] = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False, seed=0)
+            _llama_cache[key] = Llama(
+                model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False, seed=0
+            )
         return _llama_cache[key]
 
 
@@ -327,6 +329,10 @@ class StructuredResult:
     raw: str
     error: str | None
     attempts: int
+
+
+EMPTY_ANSWER = "empty answer"
+"""`TextResult.error` for a call that returned only whitespace: the model's answer, not a failure to reach it."""
 
 
 @dataclass
@@ -573,7 +579,7 @@ class LLM:
         entry.prompt_tokens, entry.completion_tokens = _usage(msg)
         text = _raw_text(msg).strip()
         if not text:
-            entry.outcome, entry.error = "error", "empty answer"
+            entry.outcome, entry.error = "error", EMPTY_ANSWER
         entry.latency_s = time.perf_counter() - start
         self.ledger.add(entry)
         return TextResult(

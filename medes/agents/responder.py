@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medes.llm import LLM, messages
+from medes.llm import EMPTY_ANSWER, LLM, messages
 from medes.prompts import render
 from medes.records import Response, Scenario, content_id
 
@@ -17,7 +17,10 @@ RESPOND_PROMPT = "respond"
 
 
 class ResponderError(RuntimeError):
-    """The target model gave no answer (transport failure after retries, or empty output)."""
+    """The target model could not be reached (transport failure after retries).
+
+    A blank answer is not an error: it is the model's answer, stored and scored like any other
+    (the guardian scores it by rule, `medes.agents.guardian.judge_empty`)."""
 
 
 def response_id(run_id: str, scenario_id: str, model_id: str) -> str:
@@ -35,7 +38,7 @@ class Responder:
     async def __call__(self, scenario: Scenario, *, run_id: str = "") -> Response:
         prompt = render(RESPOND_PROMPT, query=scenario.query)
         result = await self.llm.text(messages(prompt.system, prompt.user), node="respond", run_id=run_id)
-        if result.error:
+        if result.error and result.error != EMPTY_ANSWER:
             raise ResponderError(f"{self.model_id} on {scenario.id}: {result.error}")
         return Response(
             id=response_id(run_id, scenario.id, self.model_id),

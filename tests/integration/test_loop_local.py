@@ -205,14 +205,10 @@ def test_loop_export_train_compare(local_spec, index_dir, tmp_path, medes_home):
     )
     timings["evaluate base vs adapter"] = round(time.perf_counter() - t0, 1)
     print(f"[evaluate base vs adapter] {timings['evaluate base vs adapter']} s\n{result.output}")
-    # a random-weight tiny model may answer with special tokens only: evaluate then reports the item as
-    # failed ("empty answer") and exits 1; either way both models went through the same pipeline
-    assert result.exit_code in (0, 1), result.output
+    # a random-weight tiny model may answer with whitespace only: that answer is scored by rule (final 0)
+    assert result.exit_code == 0, result.output
     with Store(medes_home / "medes.sqlite") as db:
         ledger = db.ledger("it-compare")
     assert {e["model"] for e in ledger if e["node"] == "respond"} == {base, tuned}
-    if result.exit_code == 0:
-        assert base in result.output and tuned in result.output
-    else:
-        assert "empty answer" in result.output
+    assert base in result.output and tuned in result.output
     print("[timings]", json.dumps(timings))

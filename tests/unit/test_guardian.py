@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from medes.agents.guardian import (
+    EMPTY_ANSWER_JUDGE,
     Cascade,
     LLMJudge,
     defuse,
@@ -232,6 +233,17 @@ def test_unsure_llm_goes_to_review():
 def test_trained_only_cascade_flags_its_unsure_verdicts():
     j = run(Cascade(None, StubTrained(risky=True, confidence=0.4), 0.7)(SCENARIO, RESPONSE))
     assert j.needs_review and j.judge == "trained:test"
+
+
+@pytest.mark.parametrize("blank", ["", "  \n\n\t"])
+def test_blank_answer_is_scored_by_rule_without_asking_any_judge(blank):
+    llm, fake = llm_with([])  # any LLM call would exhaust the script and fail
+    trained = StubTrained(risky=True, confidence=0.99)
+    empty = RESPONSE.model_copy(update={"text": blank})
+    j = run(Cascade(LLMJudge(llm), trained, 0.7)(SCENARIO, empty, [P1], run_id="r1"))
+    assert fake.calls == [] and trained.calls == 0
+    assert j.judge == EMPTY_ANSWER_JUDGE and j.valid and j.risky is False and j.final == 0.0
+    assert j.feedback and not j.needs_review and j.response_id == empty.id and j.run_id == "r1"
 
 
 def test_cascade_needs_a_judge():

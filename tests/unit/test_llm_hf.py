@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from medes import llm as llm_module
+from medes.agents.guardian import EMPTY_ANSWER_JUDGE
 from medes.llm import HFChatModel, LLMConfigError, get_llm, messages, parse_spec
 
 
@@ -100,7 +101,7 @@ def test_tiny_model_answers_through_the_llm_layer(tmp_path, medes_home, monkeypa
     llm = get_llm(f"hf:{path}")
     llm.chat.max_new_tokens = 8
     result = asyncio.run(llm.text(messages("你是助手。", "我该怎么做？"), node="respond"))
-    # random weights: any text (or an empty answer, reported as an error) but real token counts
+    # random weights: any text (a blank one carries EMPTY_ANSWER as its error) but real token counts
     assert result.prompt_tokens > 5
     assert isinstance(result.text, str) and (result.text or result.error == "empty answer")
     assert llm.ledger.entries[-1].model == f"hf:{path}"
@@ -182,10 +183,15 @@ def test_evaluate_compares_base_and_adapter_with_one_command(tmp_path, medes_hom
     result = runner.invoke(app, [*args, "--judge", f"fake:{tmp_path / 'judge.json'}", "--eval-id", "cmp"])
     with Store(medes_home / "medes.sqlite") as db:
         asked = {e["model"] for e in db.ledger("cmp") if e["node"] == "respond"}
-        answered = {r.model_id for r in db.responses(run_id="cmp")}
+        responses = {r.id: r for r in db.responses(run_id="cmp")}
+        judgments = db.judgments(run_id="cmp")
+    answered = {r.model_id for r in responses.values()}
     assert asked == {base, tuned}, result.output
-    # random weights may answer with special tokens only: such an answer is a reported failure, not a row
-    if answered == {base, tuned}:
-        assert result.exit_code == 0, result.output
-    else:
-        assert result.exit_code == 1 and "empty answer" in result.output, result.output
+    # random weights may answer with whitespace only: that is still an answer, stored and scored
+    assert answered == {base, tuned} and result.exit_code == 0, result.output
+    assert {responses[j.response_id].model_id for j in judgments} == {base, tuned}
+    for judgment in judgments:
+        answer = responses[judgment.response_id].text
+        assert judgment.valid and not judgment.risky
+        # a blank answer is scored by rule (final 0), anything else by the (fake) LLM judge
+        assert (judgment.judge == EMPTY_ANSWER_JUDGE) == (not answer.strip()), answer
