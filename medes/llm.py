@@ -167,6 +167,9 @@ class LlamaCppChat(BaseChatModel):
     """None: llama.cpp's default (the physical cores)."""
     temperature: float = 0.7
     max_tokens: int = 768
+    repeat_penalty: float = 1.1
+    """For free text only: small models fall into loops that repeat a sentence to the token limit.
+    Grammar-constrained JSON is left unpenalised (its braces and quotes repeat by design)."""
 
     @property
     def _llm_type(self) -> str:
@@ -175,12 +178,14 @@ class LlamaCppChat(BaseChatModel):
     def _generate(self, messages, stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
         llama = _load_llama(self.model_path, self.n_ctx, self.n_threads)
         payload = [_to_openai_message(m) for m in messages]
+        response_format = kwargs.get("response_format")
         with _llama_lock:  # one llama context is not re-entrant
             out = llama.create_chat_completion(
                 messages=payload,
                 temperature=kwargs.get("temperature", self.temperature),
                 max_tokens=kwargs.get("max_tokens", self.max_tokens),
-                response_format=kwargs.get("response_format"),
+                response_format=response_format,
+                repeat_penalty=1.0 if response_format else self.repeat_penalty,
                 stop=stop,
             )
         text = out["choices"][0]["message"].get("content") or ""

@@ -10,6 +10,7 @@ model can only pick existing letters (single answer, or a set for multi-select i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -118,7 +119,13 @@ def retrieval_only(state: AskState) -> dict[str, Any]:
 
 
 def answer_schema(ids: Sequence[str]) -> type[BaseModel]:
-    enum = Literal[tuple(ids)]  # type: ignore[valid-type]
+    """Cached per id tuple, so the LLM layer's per-schema tool-spec cache hits."""
+    return _answer_schema(tuple(ids))
+
+
+@functools.lru_cache(maxsize=256)
+def _answer_schema(ids: tuple[str, ...]) -> type[BaseModel]:
+    enum = Literal[ids]  # type: ignore[valid-type]
     return create_model(
         "CitedAnswer",
         answer=(str, Field(max_length=800, description="依据参考条款作答")),
@@ -215,7 +222,13 @@ def normalize_options(options: Mapping[str, str] | Sequence[str]) -> list[tuple[
 
 
 def mcq_schema(letters: Sequence[str], *, multi: bool, reasoning_chars: int) -> type[BaseModel]:
-    enum = Literal[tuple(letters)]  # type: ignore[valid-type]
+    """Cached per (letters, multi, reasoning_chars): one class per item shape, not per call."""
+    return _mcq_schema(tuple(letters), multi, reasoning_chars)
+
+
+@functools.lru_cache(maxsize=64)
+def _mcq_schema(letters: tuple[str, ...], multi: bool, reasoning_chars: int) -> type[BaseModel]:
+    enum = Literal[letters]  # type: ignore[valid-type]
     fields: dict[str, Any] = {}
     if reasoning_chars:
         fields["reasoning"] = (str, Field(max_length=reasoning_chars, description="简要分析"))
