@@ -59,9 +59,24 @@ class Endpoint:
 
 
 @contextmanager
-def endpoint(latency: float) -> Iterator[Endpoint]:
-    """Start the simulator in its own process (its CPU is not ours) on a free port."""
+def endpoint(latency: float, dist: str = "constant") -> Iterator[Endpoint]:
+    """Start the simulator in its own process (its CPU is not ours) on a free port.
+
+    `dist`: `constant` keeps every call at exactly L, so C calls finish together and the client
+    handles them one after another (a wave costs L + C × CPU per call); `uniform` draws from
+    [0.5 L, 1.5 L], same mean, so calls spread out as they do on a real server. The ideal is C / L
+    either way (Little's law: throughput = calls in flight / mean latency).
+    """
     cmd = [sys.executable, str(SIMSERVER), "--port", "0", "--latency", str(latency), "--no-records"]
+    if dist == "uniform":
+        cmd += [
+            "--latency-dist",
+            "uniform",
+            "--latency-low",
+            str(0.5 * latency),
+            "--latency-high",
+            str(1.5 * latency),
+        ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -366,6 +381,7 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
     global PROFILER
     prof = PROFILER = cProfile.Profile(time.process_time) if a.profile else None
     row = MODES[a.mode](ep, a.c, a.latency, a).row()
+    row["latency_dist"] = a.latency_dist
     if prof:
         prof.dump_stats(a.profile)
         row["cpu_share_by_package_pct"] = by_package(pstats.Stats(str(a.profile)))
@@ -376,6 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("mode", choices=sorted(MODES))
     p.add_argument("--latency", type=float, default=0.2, help="simulated endpoint latency L (s)")
+    p.add_argument("--latency-dist", choices=("constant", "uniform"), default="constant")
     p.add_argument("--concurrency", default="1,8,32,64,128", help="comma-separated C values")
     p.add_argument("--waves", type=int, default=8, help="llm mode: calls = waves × C")
     p.add_argument("--min-calls", type=int, default=40)
@@ -394,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.base_url:
         print(json.dumps(child(a), ensure_ascii=False), flush=True)
         return
-    with endpoint(a.latency) as ep:
+    with endpoint(a.latency, a.latency_dist) as ep:
         for c in [int(x) for x in a.concurrency.split(",")]:
             cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
             out = subprocess.run(

@@ -622,6 +622,7 @@ class _Conn(asyncio.Protocol):
 
     async def answer(self, raw: bytes, keep_alive: bool) -> None:
         sim = self.sim
+        arrived = asyncio.get_running_loop().time()
         try:
             body = json.loads(raw)
             if not isinstance(body, dict):
@@ -644,11 +645,17 @@ class _Conn(asyncio.Protocol):
                 sim.release()
             return
         try:
-            await self.serve(req, seq, outcome, keep_alive)
+            await self.serve(req, seq, outcome, keep_alive, arrived)
         finally:
             sim.release()
 
-    async def serve(self, req: _Request, seq: int, outcome: str, keep_alive: bool) -> None:
+    async def serve(
+        self, req: _Request, seq: int, outcome: str, keep_alive: bool, arrived: float | None = None
+    ) -> None:
+        """Answer after the configured latency, counted from the request's arrival: the time spent
+        parsing it and building the answer is part of that latency, as on a real server. (Sleeping
+        the whole latency after that work let a burst of C simultaneous requests queue behind one
+        another's schema generation and added ~0.7 s per wave at C = 64.)"""
         sim, cfg = self.sim, self.sim.config
         if outcome in ("500", "502", "503"):
             self.send(
@@ -679,6 +686,8 @@ class _Conn(asyncio.Protocol):
             await self.stream(req, seq, choices, delay, keep_alive)
             return
         delay += cfg.seconds_per_token * sum(c.completion_tokens for c in choices)
+        if arrived is not None:
+            delay -= asyncio.get_running_loop().time() - arrived
         if delay > 0:
             await asyncio.sleep(delay)
         self.send(200, json.dumps(_completion(req, seq, choices), ensure_ascii=False).encode(), keep_alive)
