@@ -34,7 +34,7 @@ from typing import Any, Literal
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from medes.settings import Settings, get_settings
 
@@ -113,19 +113,20 @@ def resolve_spec(spec: str | None, settings: Settings | None = None) -> ModelSpe
 def build_chat_model(spec: ModelSpec, settings: Settings | None = None, **params: Any) -> BaseChatModel:
     settings = settings or get_settings()
     if spec.provider == "openai":
-        from langchain_openai import ChatOpenAI
+        from medes.openai_chat import OpenAIChat
 
         base_url = settings.resolved_base_url()
         if not base_url:
             raise LLMConfigError(
                 f"{spec.id}: set MEDES_OPENAI_BASE_URL (or OPENAI_BASE_URL) to the server's /v1 URL"
             )
-        return ChatOpenAI(
+        # retries happen in LLM._invoke so they are visible in the ledger; OpenAIChat never retries
+        key = settings.resolved_api_key()
+        return OpenAIChat(
             model=spec.model,
             base_url=base_url,
-            api_key=settings.resolved_api_key() or "not-needed",
+            api_key=SecretStr(key) if key else None,
             timeout=settings.request_timeout_s,
-            max_retries=0,  # retries happen in LLM._call so they are visible in the ledger
             **params,
         )
     if spec.provider == "llamacpp":
@@ -350,12 +351,18 @@ class TextResult:
 
 
 def _classify_exception(exc: BaseException) -> TransientLLMError | None:
-    """Map provider exceptions to retryable errors; anything else is a real bug and propagates."""
+    """Map transport failures to retryable errors; anything else is a real bug and propagates.
+
+    `OpenAIChat` raises `TransientLLMError` itself; the openai SDK's errors are mapped too, for a
+    `ChatOpenAI` (or any SDK-based model) a caller passes in as `LLM(model=…)`.
+    """
     if isinstance(exc, TransientLLMError):
         return exc
+    if isinstance(exc, asyncio.TimeoutError | ConnectionError):
+        return TransientLLMError(type(exc).__name__)
     try:
         import openai
-    except ImportError:  # pragma: no cover
+    except ImportError:  # the SDK is not a dependency of medes
         return None
     if isinstance(exc, openai.APIStatusError) and (exc.status_code == 429 or exc.status_code >= 500):
         retry_after = None
@@ -367,8 +374,6 @@ def _classify_exception(exc: BaseException) -> TransientLLMError | None:
                 retry_after = None
         return TransientLLMError(f"HTTP {exc.status_code}", retry_after)
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
-        return TransientLLMError(type(exc).__name__)
-    if isinstance(exc, asyncio.TimeoutError | ConnectionError):
         return TransientLLMError(type(exc).__name__)
     return None
 
@@ -418,17 +423,6 @@ class LLM:
         settings = settings or get_settings()
         self.spec = spec
         self.chat = model or build_chat_model(spec, settings, **params)
-        # langchain-openai shares one httpx async client per base URL across the process, bound to
-        # the first event loop that used it: a second `asyncio.run` then fails with "Event loop is
-        # closed". Our own openai models therefore get one chat model + async client per loop.
-        self._per_loop_chat = (
-            model is None and spec.provider == "openai" and "http_async_client" not in params
-        )
-        self._settings = settings
-        self._params = params
-        self._chats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BaseChatModel] = (
-            weakref.WeakKeyDictionary()
-        )
         self._loop_lock = threading.Lock()
         self.ledger = ledger or TokenLedger()
         forced = settings.structured_strategy or None
@@ -460,21 +454,6 @@ class LLM:
                 self._semaphores[loop] = asyncio.Semaphore(self._limit)
             return self._semaphores[loop]
 
-    def _chat(self) -> BaseChatModel:
-        """The chat model for the running event loop (see `__init__`: openai clients are loop-bound)."""
-        if not self._per_loop_chat:
-            return self.chat
-        loop = asyncio.get_running_loop()
-        with self._loop_lock:
-            chat = self._chats.get(loop)
-            if chat is None:
-                import openai
-
-                client = openai.DefaultAsyncHttpxClient(timeout=self._settings.request_timeout_s)
-                chat = build_chat_model(self.spec, self._settings, http_async_client=client, **self._params)
-                self._chats[loop] = chat
-            return chat
-
     async def _invoke(self, runnable: Any, messages: Sequence[BaseMessage]) -> tuple[Any, int]:
         """Invoke with bounded concurrency and transport retries; returns (output, retries used)."""
         retries = 0
@@ -495,7 +474,7 @@ class LLM:
                 await asyncio.sleep(delay)
 
     def _runnable(self, schema: type[BaseModel]) -> Any:
-        chat = self._chat()
+        chat = self.chat
         if isinstance(chat, LlamaCppChat):
             return chat.bind(response_format={"type": "json_object", "schema": schema.model_json_schema()})
         if self.strategy == "json_mode":
@@ -510,6 +489,11 @@ class LLM:
                 tool_choice={"type": "function", "function": {"name": tool["function"]["name"]}},
                 parallel_tool_calls=False,
             )
+        from medes.openai_chat import OpenAIChat  # here: medes.openai_chat imports this module
+
+        if self.strategy == "json_schema" and isinstance(chat, OpenAIChat):
+            # the server constrains the answer to the schema; `_parse` reads it like any raw output
+            return chat.bind(response_format=_json_schema_format(schema))
         return chat.with_structured_output(schema, method=self.strategy, include_raw=True)
 
     async def structured(
@@ -569,7 +553,7 @@ class LLM:
         start = time.perf_counter()
         entry = LedgerEntry(node=node, model=self.id, run_id=run_id)
         try:
-            msg, transport = await self._invoke(self._chat(), messages)
+            msg, transport = await self._invoke(self.chat, messages)
         except Exception as exc:
             if _classify_exception(exc) is None:
                 raise
@@ -590,6 +574,15 @@ class LLM:
         return TextResult(
             text, entry.error or None, entry.prompt_tokens, entry.completion_tokens, entry.latency_s
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _json_schema_format(schema: type[BaseModel]) -> dict[str, Any]:
+    """`response_format` asking an OpenAI-compatible server for `schema` (built once per class)."""
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema(), "strict": False},
+    }
 
 
 @functools.lru_cache(maxsize=256)

@@ -79,18 +79,10 @@ def build_agents(job: AlignJob, settings: Settings, ledger: Any) -> Agents:
     from medes.agents.guardian import Cascade, LLMJudge
     from medes.agents.responder import Responder
     from medes.agents.reviser import Reviser
-    from medes.llm import get_llm, resolve_spec
+    from medes.llm import get_llm
 
     def llm(spec: str | None) -> Any:
-        params: dict[str, Any] = {}
-        if resolve_spec(spec, settings).provider == "openai":
-            import httpx
-
-            # langchain-openai shares one cached async HTTP client per base URL; its pooled connections
-            # belong to the event loop that opened them, so models that outlive one event loop (the
-            # loop's rounds) get their own client, used only from the loop driver's event loop
-            params["http_async_client"] = httpx.AsyncClient(timeout=settings.request_timeout_s)
-        return get_llm(spec, settings=settings, ledger=ledger, **params)
+        return get_llm(spec, settings=settings, ledger=ledger)
 
     model = llm(job.model)
     reviser = model if job.reviser in (None, job.model) else llm(job.reviser)
