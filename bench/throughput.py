@@ -2,7 +2,7 @@
 
 Why: generation and evaluation are I/O-bound fan-outs over an LLM endpoint; with latency L and C
 requests allowed in flight, a client that costs nothing reaches C/L calls/s. What we lose below that
-is orchestration CPU (openai SDK, httpx, langchain, langgraph, our own code, SQLite). The simulator
+is orchestration CPU (HTTP client, langchain, langgraph, pydantic, our own code, SQLite). The simulator
 runs in its own process (tests/support/simserver.py), so this process's CPU time is medes alone.
 
     python bench/throughput.py llm      --latency 0.2 --concurrency 1,8,32,64,128
@@ -320,7 +320,9 @@ MODES: dict[str, Callable[[Endpoint, int, float, argparse.Namespace], Measure]] 
 PACKAGES = (
     "openai",
     "httpx",
+    "httpx2",
     "httpcore",
+    "httpcore2",
     "h11",
     "anyio",
     "langchain_openai",

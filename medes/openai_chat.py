@@ -21,7 +21,7 @@ import threading
 import weakref
 from typing import Any
 
-import httpx
+import httpx2
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
 from langchain_core.output_parsers.openai_tools import make_invalid_tool_call, parse_tool_call
@@ -50,9 +50,9 @@ class OpenAIChat(BaseChatModel):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Other body fields sent with every request (e.g. `seed`, `top_p`, `extra_body` keys)."""
     transport: Any = Field(default=None, exclude=True, repr=False)
-    """An httpx transport for both clients (tests pass `httpx.MockTransport`); None: real sockets."""
+    """An httpx transport for both clients (tests pass `httpx2.MockTransport`); None: real sockets."""
 
-    _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = PrivateAttr(
+    _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = PrivateAttr(
         default_factory=weakref.WeakKeyDictionary
     )
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -88,15 +88,15 @@ class OpenAIChat(BaseChatModel):
             body["stop"] = stop
         return body
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> httpx2.AsyncClient:
         """One client per event loop: pooled connections belong to the loop that opened them."""
         loop = asyncio.get_running_loop()
         with self._lock:
             client = self._clients.get(loop)
             if client is None:
                 # the pool grows to the concurrency `LLM` allows; keep-alive keeps it warm
-                limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-                client = httpx.AsyncClient(timeout=self.timeout, limits=limits, transport=self.transport)
+                limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+                client = httpx2.AsyncClient(timeout=self.timeout, limits=limits, transport=self.transport)
                 self._clients[loop] = client
             return client
 
@@ -112,9 +112,9 @@ class OpenAIChat(BaseChatModel):
         body = self._body(messages, stop, kwargs)
         try:
             response = await self._client().post(self._url(), json=body, headers=self._headers())
-        except httpx.TimeoutException as exc:
+        except httpx2.TimeoutException as exc:
             raise TransientLLMError(f"timeout: {type(exc).__name__}") from exc
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             raise TransientLLMError(f"connection: {type(exc).__name__}") from exc
         return _result(response)
 
@@ -127,11 +127,11 @@ class OpenAIChat(BaseChatModel):
     ) -> ChatResult:
         body = self._body(messages, stop, kwargs)
         try:
-            with httpx.Client(timeout=self.timeout, transport=self.transport) as client:
+            with httpx2.Client(timeout=self.timeout, transport=self.transport) as client:
                 response = client.post(self._url(), json=body, headers=self._headers())
-        except httpx.TimeoutException as exc:
+        except httpx2.TimeoutException as exc:
             raise TransientLLMError(f"timeout: {type(exc).__name__}") from exc
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             raise TransientLLMError(f"connection: {type(exc).__name__}") from exc
         return _result(response)
 
@@ -139,7 +139,7 @@ class OpenAIChat(BaseChatModel):
 # ---------------------------------------------------------------------------------- responses
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: httpx2.Response) -> float | None:
     for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = response.headers.get(header)
         if value:
@@ -150,7 +150,7 @@ def _retry_after(response: httpx.Response) -> float | None:
     return None
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(response: httpx2.Response) -> str:
     try:
         error = response.json().get("error")
         message = error.get("message") if isinstance(error, dict) else error
@@ -159,7 +159,7 @@ def _error_message(response: httpx.Response) -> str:
     return str(message or response.text[:300] or response.reason_phrase)
 
 
-def _result(response: httpx.Response) -> ChatResult:
+def _result(response: httpx2.Response) -> ChatResult:
     status = response.status_code
     if status == 429 or status >= 500:
         raise TransientLLMError(f"HTTP {status}", _retry_after(response))

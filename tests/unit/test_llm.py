@@ -150,8 +150,8 @@ def test_parse_json_model(raw, ok):
 
 
 def test_openai_llm_works_across_event_loops():
-    """langchain-openai caches one httpx async client per base URL, bound to the first loop; each
-    `asyncio.run` must still work with the same LLM (its chat model and client are per loop)."""
+    """Pooled connections belong to the event loop that opened them; each `asyncio.run` must still
+    work with the same LLM (OpenAIChat keeps one client per loop), over real HTTP."""
     from tests.support.simserver import SimServer
 
     with SimServer() as srv:

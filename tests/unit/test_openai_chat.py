@@ -1,6 +1,6 @@
 """`OpenAIChat`: the chat-completions wire protocol, its error mapping and its per-event-loop clients.
 
-Deterministic, over `httpx.MockTransport`; the same model against the simulated endpoint over real
+Deterministic, over `httpx2.MockTransport`; the same model against the simulated endpoint over real
 HTTP (faults, Retry-After, dropped connections, canary key) is covered by tests/reliability.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
+import httpx2
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field, SecretStr
@@ -29,10 +29,10 @@ def completion(message: dict, usage: dict | None = None) -> dict:
     }
 
 
-def model(handler, **kw) -> tuple[OpenAIChat, list[httpx.Request]]:
-    seen: list[httpx.Request] = []
+def model(handler, **kw) -> tuple[OpenAIChat, list[httpx2.Request]]:
+    seen: list[httpx2.Request] = []
 
-    def record(request: httpx.Request) -> httpx.Response:
+    def record(request: httpx2.Request) -> httpx2.Response:
         seen.append(request)
         return handler(request)
 
@@ -40,7 +40,7 @@ def model(handler, **kw) -> tuple[OpenAIChat, list[httpx.Request]]:
         model="m",
         base_url="http://llm.test/v1/",
         api_key=SecretStr(KEY),
-        transport=httpx.MockTransport(record),
+        transport=httpx2.MockTransport(record),
         **kw,
     )
     return chat, seen
@@ -50,7 +50,9 @@ ASK = [SystemMessage("你是助手。"), HumanMessage("医生能收红包吗？"
 
 
 def test_text_answer_usage_and_request_body():
-    chat, seen = model(lambda r: httpx.Response(200, json=completion({"content": "不能。"})), temperature=0.2)
+    chat, seen = model(
+        lambda r: httpx2.Response(200, json=completion({"content": "不能。"})), temperature=0.2
+    )
     msg = asyncio.run(chat.ainvoke(ASK, max_tokens=50))
     assert msg.content == "不能。"
     assert msg.usage_metadata == {"input_tokens": 11, "output_tokens": 7, "total_tokens": 18}
@@ -67,7 +69,7 @@ def test_text_answer_usage_and_request_body():
 
 
 def test_no_key_sends_no_authorization_header():
-    chat, seen = model(lambda r: httpx.Response(200, json=completion({"content": "好"})))
+    chat, seen = model(lambda r: httpx2.Response(200, json=completion({"content": "好"})))
     chat.api_key = None
     chat.invoke(ASK)  # the sync path too
     assert "authorization" not in seen[0].headers
@@ -79,7 +81,7 @@ class Verdict(BaseModel):
 
 
 def test_structured_call_through_llm_sends_the_tool_and_parses_its_arguments():
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content)
         assert body["tools"][0]["function"]["name"] == "Verdict"
         assert body["tool_choice"]["function"]["name"] == "Verdict" and body["parallel_tool_calls"] is False
@@ -88,7 +90,7 @@ def test_structured_call_through_llm_sends_the_tool_and_parses_its_arguments():
             "type": "function",
             "function": {"name": "Verdict", "arguments": '{"risky": true, "reason": "收受财物"}'},
         }
-        return httpx.Response(200, json=completion({"content": None, "tool_calls": [call]}))
+        return httpx2.Response(200, json=completion({"content": None, "tool_calls": [call]}))
 
     chat, _ = model(handler)
     llm = LLM(ModelSpec("openai", "m"), model=chat, strategy="function_calling")
@@ -99,9 +101,9 @@ def test_structured_call_through_llm_sends_the_tool_and_parses_its_arguments():
 def test_unparseable_tool_arguments_are_an_invalid_call_then_a_parse_retry():
     answers = iter(['{"risky": tr', '{"risky": false, "reason": "无"}'])
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         call = {"id": "c", "type": "function", "function": {"name": "Verdict", "arguments": next(answers)}}
-        return httpx.Response(200, json=completion({"content": None, "tool_calls": [call]}))
+        return httpx2.Response(200, json=completion({"content": None, "tool_calls": [call]}))
 
     chat, seen = model(handler)
     first = chat.invoke(ASK)
@@ -115,13 +117,13 @@ def test_unparseable_tool_arguments_are_an_invalid_call_then_a_parse_retry():
     ("response", "retry_after"),
     [
         (
-            httpx.Response(429, headers={"retry-after-ms": "250"}, json={"error": {"message": "slow down"}}),
+            httpx2.Response(429, headers={"retry-after-ms": "250"}, json={"error": {"message": "slow down"}}),
             0.25,
         ),
-        (httpx.Response(429, headers={"retry-after": "2"}), 2.0),
-        (httpx.Response(503, text="overloaded"), None),
-        (httpx.Response(200, text="<html>proxy error</html>"), None),  # a 200 that is not a completion
-        (httpx.Response(200, json={"choices": []}), None),
+        (httpx2.Response(429, headers={"retry-after": "2"}), 2.0),
+        (httpx2.Response(503, text="overloaded"), None),
+        (httpx2.Response(200, text="<html>proxy error</html>"), None),  # a 200 that is not a completion
+        (httpx2.Response(200, json={"choices": []}), None),
     ],
 )
 def test_retryable_failures_raise_transient_errors(response, retry_after):
@@ -132,7 +134,7 @@ def test_retryable_failures_raise_transient_errors(response, retry_after):
 
 
 @pytest.mark.parametrize(
-    "exc", [httpx.ReadTimeout("slow"), httpx.ConnectError("refused"), httpx.RemoteProtocolError("dropped")]
+    "exc", [httpx2.ReadTimeout("slow"), httpx2.ConnectError("refused"), httpx2.RemoteProtocolError("dropped")]
 )
 def test_timeouts_and_broken_connections_are_transient(exc):
     def handler(request):
@@ -146,17 +148,17 @@ def test_timeouts_and_broken_connections_are_transient(exc):
 
 
 def test_client_errors_say_what_the_server_said_and_never_the_key():
-    chat, _ = model(lambda r: httpx.Response(400, json={"error": {"message": "model 'm' not found"}}))
+    chat, _ = model(lambda r: httpx2.Response(400, json={"error": {"message": "model 'm' not found"}}))
     with pytest.raises(OpenAIRequestError, match="HTTP 400: model 'm' not found") as info:
         asyncio.run(chat.ainvoke(ASK))
     assert KEY not in str(info.value) and KEY not in repr(chat)
 
 
 def test_llm_retries_transient_failures_and_counts_them():
-    answers = iter([httpx.Response(500), httpx.Response(429, headers={"retry-after": "0"}), None])
+    answers = iter([httpx2.Response(500), httpx2.Response(429, headers={"retry-after": "0"}), None])
 
     def handler(request):
-        return next(answers) or httpx.Response(200, json=completion({"content": "可以。"}))
+        return next(answers) or httpx2.Response(200, json=completion({"content": "可以。"}))
 
     chat, seen = model(handler)
     llm = LLM(ModelSpec("openai", "m"), model=chat, transport_retries=3, backoff_base_s=0.001)
@@ -168,7 +170,7 @@ def test_llm_retries_transient_failures_and_counts_them():
 
 def test_one_model_serves_successive_event_loops():
     """A pooled client belongs to its event loop: a second asyncio.run must not reuse a dead one."""
-    chat, seen = model(lambda r: httpx.Response(200, json=completion({"content": "好"})))
+    chat, seen = model(lambda r: httpx2.Response(200, json=completion({"content": "好"})))
     for _ in range(3):
         assert asyncio.run(chat.ainvoke(ASK)).content == "好"
     assert len(seen) == 3
@@ -176,7 +178,7 @@ def test_one_model_serves_successive_event_loops():
 
 @pytest.mark.parametrize("strategy", ["json_schema", "json_mode"])
 def test_json_strategies_ask_through_response_format_and_parse_the_content(strategy):
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content)
         assert "tools" not in body
         if strategy == "json_schema":
@@ -185,7 +187,7 @@ def test_json_strategies_ask_through_response_format_and_parse_the_content(strat
         else:
             assert body["response_format"] == {"type": "json_object"}
             assert '"risky"' in body["messages"][-1]["content"]  # the schema hint rides with the prompt
-        return httpx.Response(200, json=completion({"content": '{"risky": false, "reason": "合规"}'}))
+        return httpx2.Response(200, json=completion({"content": '{"risky": false, "reason": "合规"}'}))
 
     chat, seen = model(handler)
     llm = LLM(ModelSpec("openai", "m"), model=chat, strategy=strategy)
