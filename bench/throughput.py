@@ -376,9 +376,12 @@ def by_package(stats: pstats.Stats) -> dict[str, float]:
 def child(a: argparse.Namespace) -> dict[str, Any]:
     """One measurement in this (fresh) process: imports done, caches cold, one event loop.
 
-    A fresh process per C because langchain-openai caches one httpx client per base URL for the
-    whole process, and its pooled connections belong to the event loop that opened them.
+    jieba's dictionary is loaded first (1–4 s once per process, on the first tokenised query): a
+    long run pays it once, so it would only blur a measurement of a few seconds.
     """
+    from medes.retrieval.bm25 import tokenize
+
+    tokenize("预热")
     ep = Endpoint(a.base_url)
     global PROFILER
     prof = PROFILER = cProfile.Profile(time.process_time) if a.profile else None
