@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from medes.agents.gates import shares_substring
 from medes.agents.guardian import defuse, provision_view
 from medes.llm import LLM, messages
 from medes.prompts import Prompt, render
@@ -22,6 +23,9 @@ from medes.records import Judgment, Provision, Response, Scenario, content_id
 
 REVISE_PROMPT = "revise"
 MODEL_PREFIX = "revise:"
+ECHO_CHARS = 20
+"""A revision sharing a run of this many characters with the reviser's own instructions (the system
+prompt) repeats them instead of answering: a small model does that, and a weak judge may pass it."""
 
 # What each failed rubric dimension means, in words the reviser can act on.
 _PROBLEMS: tuple[tuple[str, object, str], ...] = (
@@ -35,7 +39,8 @@ _PROBLEMS: tuple[tuple[str, object, str], ...] = (
 
 
 class ReviserError(RuntimeError):
-    """The reviser model gave no answer (transport failure after retries, or empty output)."""
+    """The reviser model gave no usable answer: a transport failure after retries, empty output, or
+    its own instructions repeated back (twice in a row)."""
 
 
 def problems(judgment: Judgment) -> list[str]:
@@ -84,9 +89,18 @@ class Reviser:
         if judgment.response_id != previous.id:
             raise ValueError(f"judgment {judgment.id} judges {judgment.response_id}, not {previous.id}")
         prompt = revise_prompt(scenario, previous, judgment, provisions)
-        result = await self.llm.text(messages(prompt.system, prompt.user), node="revise", run_id=run_id)
-        if result.error:
-            raise ReviserError(f"{self.llm.id} revising {previous.id}: {result.error}")
+        for _ in range(2):  # a sampled second try usually answers instead of echoing
+            result = await self.llm.text(messages(prompt.system, prompt.user), node="revise", run_id=run_id)
+            if result.error:
+                raise ReviserError(f"{self.llm.id} revising {previous.id}: {result.error}")
+            echoed = shares_substring(result.text, prompt.system, ECHO_CHARS)
+            if echoed is None:
+                break
+        else:
+            raise ReviserError(
+                f"{self.llm.id} revising {previous.id}: the revision repeats the reviser's instructions "
+                f"({echoed!r}…) instead of answering, twice"
+            )
         round_ = previous.round + 1
         return Response(
             id=revision_id(run_id, scenario.id, round_),

@@ -9,7 +9,9 @@ Graph per scenario (its own LangGraph thread `align:<run_id>:<scenario_id>`, SQL
 - `judge`: the guardian (LLM judge or cascade) scores the latest answer on the MedES rubric.
 - `route_after_judge`: an answer fails when its verdict is unreadable, risky, or `final` < threshold.
 - `revise`: the reviser rewrites the failing answer from the verdict's feedback, the violated norms
-  and the retrieved provisions (round k, `parent_id` = the answer it revises).
+  and the retrieved provisions (round k, `parent_id` = the answer it revises). When the reviser gives
+  no usable answer (empty, or its own instructions echoed back twice) revising stops: a gate event
+  `revise:no_usable_revision` records why, and `emit` runs on the rounds so far.
 - `emit`: the passing answer is the scenario's SFT material; each earlier failing answer with a
   readable verdict becomes a preference pair against it (margin = chosen.final − rejected.final).
   No passing answer, no pair: a pair never prefers a failing answer.
@@ -37,7 +39,7 @@ from langgraph.types import RetryPolicy
 from typing_extensions import TypedDict
 
 from medes.agents.responder import Responder, response_id
-from medes.agents.reviser import Reviser, revision_id
+from medes.agents.reviser import Reviser, ReviserError, revision_id
 from medes.graphs import thread_phase
 from medes.llm import TransientLLMError
 from medes.prompts import prompt_hash
@@ -107,6 +109,8 @@ class AlignState(AlignInput, total=False):
     """Answers in order: round 0 (the model's own), then each revision."""
     judgments: Annotated[list[dict[str, Any]], operator.add]
     """The verdict on each answer, same order as `responses`."""
+    stopped: str
+    """Why revising stopped early (the reviser gave no usable answer); '' while it goes on."""
     emitted: Emitted
 
 
@@ -273,9 +277,19 @@ async def revise(state: AlignState, runtime: Runtime[AlignContext]) -> dict[str,
     revision = next((r for r in ctx.store.responses(scenario_id=scenario.id) if r.id == rid), None)
     if revision is None:
         verdict = Judgment.model_validate(state["judgments"][-1])
-        revision = await ctx.reviser(scenario, previous, verdict, _provisions(state), run_id=run_id)
+        try:
+            revision = await ctx.reviser(scenario, previous, verdict, _provisions(state), run_id=run_id)
+        except ReviserError as exc:
+            # no usable revision (empty, or the reviser's instructions echoed back): stop revising and
+            # emit what the earlier rounds earned; the reason is kept as a gate event
+            ctx.store.add_gate_event(run_id, scenario.id, "revise", False, "no_usable_revision", str(exc))
+            return {"stopped": str(exc)}
         ctx.store.add_response(revision)
     return {"responses": [revision.model_dump(mode="json")]}
+
+
+def route_after_revise(state: AlignState) -> Literal["judge", "emit"]:
+    return "emit" if state.get("stopped") else "judge"
 
 
 def emit(state: AlignState, runtime: Runtime[AlignContext]) -> dict[str, Any]:
@@ -330,7 +344,7 @@ def build_graph() -> StateGraph:
     g.add_edge("ground", "respond")
     g.add_edge("respond", "judge")
     g.add_conditional_edges("judge", route_after_judge, ["revise", "emit"])
-    g.add_edge("revise", "judge")
+    g.add_conditional_edges("revise", route_after_revise, ["judge", "emit"])
     g.add_edge("emit", END)
     return g
 

@@ -9,7 +9,7 @@ import pytest
 
 from medes.agents.guardian import LLMJudge
 from medes.agents.responder import Responder, response_id
-from medes.agents.reviser import Reviser, problems, revise_prompt
+from medes.agents.reviser import Reviser, ReviserError, problems, revise_prompt
 from medes.alignment.export import build_rows
 from medes.fake import FakeChatModel
 from medes.graphs.align import (
@@ -241,7 +241,43 @@ def test_reviser_makes_a_linked_revision():
     assert "⟦原回答⟧" in fake.calls[0][-1].content and BAD in fake.calls[0][-1].content
 
 
+def echo_of_instructions() -> str:
+    """What a small reviser does: repeat its own system prompt instead of answering."""
+    system = revise_prompt(
+        scenario(), Response(id="r", scenario_id="sc-0", model_id="m", text=BAD), jdg("r"), [P1]
+    ).system
+    return system[40:200]
+
+
+def test_reviser_retries_an_echo_of_its_instructions_once():
+    llm, fake = fake_llm("target", [echo_of_instructions(), GOOD])
+    prev = Response(id="r0", scenario_id="sc-0", model_id="fake:target", text=BAD, round=0)
+    revision = asyncio.run(Reviser(llm)(scenario(), prev, jdg("r0", normative_violation=-1), [P1]))
+    assert revision.text == GOOD and len(fake.calls) == 2
+    assert [e.node for e in llm.ledger.entries] == ["revise", "revise"]  # both calls are accounted
+
+
+def test_reviser_that_keeps_echoing_gives_no_revision():
+    llm, fake = fake_llm("target", [echo_of_instructions()])
+    prev = Response(id="r0", scenario_id="sc-0", model_id="fake:target", text=BAD, round=0)
+    with pytest.raises(ReviserError, match="repeats the reviser's instructions"):
+        asyncio.run(Reviser(llm)(scenario(), prev, jdg("r0", normative_violation=-1), [P1]))
+    assert len(fake.calls) == 2
+
+
 # ------------------------------------------------------------------------------------------ graph
+
+
+def test_no_usable_revision_stops_revising_and_emits_what_earlier_rounds_earned(tmp_path):
+    """An echoing reviser must never become a 'chosen' answer, and must not fail the thread."""
+    store = Store(tmp_path / "s.sqlite")
+    ctx, fakes = make_context(store, model_script=[BAD], reviser_script=[echo_of_instructions()])
+    [outcome] = run(store, ctx, [scenario()], tmp_path, max_rounds=3)
+    assert outcome.status == "unresolved" and outcome.error == ""
+    assert len(fakes["reviser"].calls) == 2  # one revision round: the echo, its retry, then stop
+    assert [r.round for r in store.responses(run_id="align-1")] == [0]
+    assert store.pairs() == []
+    assert store.gate_profile("align-1") == {"revise:no_usable_revision": 1}
 
 
 def test_failing_answer_is_revised_until_it_passes(tmp_path):
@@ -441,7 +477,10 @@ def test_loop_feeds_guardian_failures_back_into_planning(tmp_path, medes_home, m
     result = loop_mod.run_loop(2, 2, job=loop_mod.AlignJob(), settings=get_settings(), loop_id="lp")
     assert [r.align_run for r in result.rounds] == ["lp-r1", "lp-r2"]
     assert seen_stats[0] == {"scene": {}, "norm": {}}
-    assert seen_stats[1]["scene"]["器官移植"] == {"judged": 1, "failed": 1}  # the original only; revisions do not dilute
+    assert seen_stats[1]["scene"]["器官移植"] == {
+        "judged": 1,
+        "failed": 1,
+    }  # the original only; revisions do not dilute
     r1 = result.rounds[0]
     assert (r1.before["risk_rate"], r1.after["risk_rate"]) == (0.5, 0.0)
     assert (r1.pairs, r1.sft_rows, r1.planned_scenes) == (1, 2, {"器官移植": 1, "医患关系": 1})
