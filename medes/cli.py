@@ -515,7 +515,12 @@ def _ingest(corpus: list[Path] | None):
 
 
 def _index_into(
-    out: Path, corpus: list[Path] | None, embedder: str | None, faiss_kind: str, add: bool, passage_chars: int = 0
+    out: Path,
+    corpus: list[Path] | None,
+    embedder: str | None,
+    faiss_kind: str,
+    add: bool,
+    passage_chars: int | None = None,
 ) -> None:
     import time
 
@@ -543,7 +548,7 @@ def _index_into(
                     faiss_kind=faiss_kind,  # type: ignore[arg-type]
                     packs=packs,
                     progress=bar.update,
-                    **({"passage_chars": passage_chars} if passage_chars else {}),
+                    **({"passage_chars": passage_chars} if passage_chars is not None else {}),
                 )
     except (IndexError_, EmbedderUnavailable, ValueError) as e:
         raise fail(str(e)) from e
@@ -563,8 +568,14 @@ def index_build(
     faiss_kind: Annotated[str, typer.Option("--faiss", help="flat (exact) | hnsw (large corpora).")] = "flat",
     add: Annotated[bool, typer.Option("--add", help="Add the corpus to the existing index at --out (no rebuild).")] = False,
     passage_chars: Annotated[
-        int, typer.Option("--passage-chars", min=0, help="Characters of each article the dense model embeds (0: default 64).")
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--passage-chars",
+            min=0,
+            help="Characters of each article the dense model embeds (default 64). 0: no article vectors, "
+            "BM25 + the pack bridge only (builds in seconds; see docs/benchmarks.md, Retrieval).",
+        ),
+    ] = None,
 ) -> None:
     """Parse packs/dirs and build a hybrid (FAISS + BM25) index."""
     from medes.settings import get_settings

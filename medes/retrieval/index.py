@@ -1,8 +1,11 @@
-"""Hybrid index over provisions: FAISS dense vectors + BM25 over jieba tokens, fused by RRF.
+"""Hybrid index over provisions: FAISS dense vectors + BM25 over jieba tokens, fused with priors and
+the bridge from a pack's principles to the articles they cite (`medes.retrieval.rerank`).
 
 An index is a directory:
 - `manifest.json` — embedder id and dim, corpus fingerprint, counts, pack ids, build/update times,
-  medes version, and the passage recipe (it decides what the vectors mean);
+  medes version, and the passage recipe (it decides what the vectors mean: `passage_chars`, and
+  `citing_passage_chars` for provisions that cite others; absent in older indexes, which read as
+  `passage_chars`);
 - `provisions.jsonl` — the `Provision` records, in vector order;
 - `vectors.faiss` — exact inner product (`IndexFlatIP`) or HNSW for large corpora;
 - `bm25_counts.npz` + `bm25_vocab.json` — term counts; BM25 weights are derived on load.
@@ -21,11 +24,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from scipy import sparse
 
 from medes.records import Provision
 from medes.retrieval.bm25 import BM25, tokenize
 from medes.retrieval.embedders import Embedder, get_embedder
-from medes.retrieval.rerank import RankConfig, fuse
+from medes.retrieval.rerank import RankConfig, bridge_scores, cite_links, fuse
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -33,7 +37,12 @@ PROVISIONS = "provisions.jsonl"
 VECTORS = "vectors.faiss"
 PASSAGE_CHARS = 64
 """Dense passages are cut to this many characters. e5's cost grows with length and an article's
-subject and duty come first; the whole text still counts through BM25 (see docs/benchmarks.md)."""
+subject and duty come first; the whole text still counts through BM25 (see docs/benchmarks.md).
+0 embeds no article at all (only the citing provisions, for the bridge): a build in seconds, at a
+small recall cost measured in docs/benchmarks.md."""
+CITING_PASSAGE_CHARS = 256
+"""Provisions that cite others (a pack's principles and summaries) are few and are the sources of the
+bridge (`rerank.bridge_scores`): their whole statement is embedded, not just its start."""
 
 FaissKind = Literal["flat", "hnsw"]
 
@@ -58,7 +67,8 @@ class Hit:
     rank: int
     """1-based."""
     dense_score: float
-    """Cosine similarity of query and passage."""
+    """Cosine similarity of query and passage (0 for an article an index built with
+    `passage_chars=0` did not embed)."""
     bm25_score: float
 
 
@@ -112,6 +122,7 @@ class HybridIndex:
         self.config = config or RankConfig()
         self._by_id = {p.id: i for i, p in enumerate(provisions)}
         self._features = None
+        self._bridge = None
 
     # ------------------------------------------------------------------ build / add / save / open
 
@@ -135,6 +146,7 @@ class HybridIndex:
             "dim": emb.dim,
             "faiss": faiss_kind,
             "passage_chars": passage_chars,
+            "citing_passage_chars": max(passage_chars, CITING_PASSAGE_CHARS),
             "count": 0,
             "packs": [],
             "fingerprint": "",
@@ -165,9 +177,16 @@ class HybridIndex:
             seen.add(p.id)
             new.append(p)
         chars = int(self.manifest["passage_chars"])
+        # indexes built before the bridge have no such key: keep embedding as they were built
+        citing_chars = int(self.manifest.get("citing_passage_chars", chars))
         for start in range(0, len(new), batch_size):
             batch = new[start : start + batch_size]
-            vecs = self.embedder.embed_passages([passage_text(p, chars) for p in batch])
+            # passage_chars 0: articles get no dense vector (a zero row keeps positions aligned)
+            embed = [i for i, p in enumerate(batch) if p.cites or chars > 0]
+            vecs = np.zeros((len(batch), self.embedder.dim), np.float32)
+            if embed:
+                texts = [passage_text(batch[i], citing_chars if batch[i].cites else chars) for i in embed]
+                vecs[embed] = self.embedder.embed_passages(texts)
             self.vectors.add(np.ascontiguousarray(vecs, dtype=np.float32))
             if progress is not None:
                 progress(len(batch))
@@ -184,6 +203,7 @@ class HybridIndex:
         m["updated_at"] = _now()
         m["medes_version"] = _version()
         self._features = None
+        self._bridge = None
         return skipped
 
     def save(self, directory: Path) -> None:
@@ -281,17 +301,30 @@ class HybridIndex:
         n = len(self.provisions)
         if n == 0:
             return [[] for _ in queries]
-        qvecs = np.ascontiguousarray(self.embedder.embed_queries(list(queries)), dtype=np.float32)
-        depth = min(n, max(self.config.depth, k))
-        dense_scores, dense_ids = self.vectors.search(qvecs, depth)
+        dense = int(self.manifest["passage_chars"]) > 0
+        bridged = bool(self.config.bridge_weight) and self.bridge[0].size > 0
+        if dense or bridged:
+            qvecs = np.ascontiguousarray(self.embedder.embed_queries(list(queries)), dtype=np.float32)
+        else:  # a lexical index without bridge sources needs no query embedding
+            qvecs = np.zeros((len(queries), self.embedder.dim), np.float32)
+        if dense:
+            depth = min(n, max(self.config.depth, k))
+            dense_scores, dense_ids = self.vectors.search(qvecs, depth)
+        else:
+            dense_scores = np.zeros((len(queries), 0), np.float32)
+            dense_ids = np.zeros((len(queries), 0), np.int64)
+        bridge_sims = qvecs @ self.bridge[2].T if bridged else None
         results = []
         for qi, query in enumerate(queries):
             bm = self.bm25.scores(tokenize(query))
-            ranked = fuse(dense_ids[qi], dense_scores[qi], bm, self.config, features=self.features, k=k)
+            bridge = None if bridge_sims is None else bridge_scores(bridge_sims[qi], self.bridge[1])
+            ranked = fuse(
+                dense_ids[qi], dense_scores[qi], bm, self.config, features=self.features, k=k, bridge=bridge
+            )
             hits = []
             for rank, (i, score) in enumerate(ranked, start=1):
-                dense = float(self.vectors.reconstruct(int(i)) @ qvecs[qi])
-                hits.append(Hit(self.provisions[i], float(score), rank, dense, float(bm[i])))
+                cosine = float(self.vectors.reconstruct(int(i)) @ qvecs[qi])
+                hits.append(Hit(self.provisions[i], float(score), rank, cosine, float(bm[i])))
             results.append(hits)
         return results
 
@@ -303,6 +336,16 @@ class HybridIndex:
 
             self._features = provision_features(self.provisions)
         return self._features
+
+    @property
+    def bridge(self) -> tuple[np.ndarray, sparse.csr_matrix, np.ndarray]:
+        """(positions of the citing provisions, their links to what they cite, their vectors), for
+        `rerank.bridge_scores`; computed once, lazily (the vectors are read back from FAISS)."""
+        if self._bridge is None:
+            sources, links = cite_links(self.provisions)
+            vecs = np.stack([self.vectors.reconstruct(int(i)) for i in sources]) if sources.size else None
+            self._bridge = (sources, links, vecs if vecs is not None else np.zeros((0, self.embedder.dim)))
+        return self._bridge
 
 
 def _version() -> str:

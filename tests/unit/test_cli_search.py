@@ -168,3 +168,15 @@ def test_passage_chars_and_hnsw_are_recorded_in_the_manifest(tmp_path, medes_hom
         app, ["index", "build", "--corpus", str(tmp_path / "pack"), "--out", str(out), "--faiss", "ivf"]
     )
     assert bad.exit_code == 1 and "flat or hnsw" in bad.output
+
+
+def test_passage_chars_zero_builds_a_lexical_index_that_still_searches(tmp_path, medes_home):
+    out = _build(tmp_path, "--passage-chars", "0")
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["passage_chars"] == 0
+    result = runner.invoke(app, ["search", "患者隐私", "--index", str(out), "-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.splitlines()[0])["id"] == "中华人民共和国医师法#第二十三条"
+    (tmp_path / "d").mkdir()
+    default = _build(tmp_path / "d")
+    assert json.loads((default / "manifest.json").read_text(encoding="utf-8"))["passage_chars"] == 64
