@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx2
@@ -110,12 +112,8 @@ class OpenAIChat(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         body = self._body(messages, stop, kwargs)
-        try:
+        with _transport_errors():
             response = await self._client().post(self._url(), json=body, headers=self._headers())
-        except httpx2.TimeoutException as exc:
-            raise TransientLLMError(f"timeout: {type(exc).__name__}") from exc
-        except httpx2.TransportError as exc:
-            raise TransientLLMError(f"connection: {type(exc).__name__}") from exc
         return _result(response)
 
     def _generate(
@@ -126,17 +124,23 @@ class OpenAIChat(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         body = self._body(messages, stop, kwargs)
-        try:
-            with httpx2.Client(timeout=self.timeout, transport=self.transport) as client:
-                response = client.post(self._url(), json=body, headers=self._headers())
-        except httpx2.TimeoutException as exc:
-            raise TransientLLMError(f"timeout: {type(exc).__name__}") from exc
-        except httpx2.TransportError as exc:
-            raise TransientLLMError(f"connection: {type(exc).__name__}") from exc
+        with _transport_errors(), httpx2.Client(timeout=self.timeout, transport=self.transport) as client:
+            response = client.post(self._url(), json=body, headers=self._headers())
         return _result(response)
 
 
 # ---------------------------------------------------------------------------------- responses
+
+
+@contextmanager
+def _transport_errors() -> Iterator[None]:
+    """Timeouts and broken connections are retryable, whichever client raised them."""
+    try:
+        yield
+    except httpx2.TimeoutException as exc:
+        raise TransientLLMError(f"timeout: {type(exc).__name__}") from exc
+    except httpx2.TransportError as exc:
+        raise TransientLLMError(f"connection: {type(exc).__name__}") from exc
 
 
 def _retry_after(response: httpx2.Response) -> float | None:
