@@ -11,6 +11,7 @@
 # export nothing to train on; a real judge (any openai: endpoint) should keep 0.7.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh local,train,dev  # from a clean clone: compiles llama-cpp-python once (~5 min)
 . .venv/bin/activate
 N=${N:-3} THRESHOLD=${THRESHOLD:-0.4} ROUNDS=${ROUNDS:-2}
 models=${MEDES_MODEL_DIR:-$HOME/.cache/medes/models}
