@@ -40,12 +40,23 @@ _PROBLEMS: tuple[tuple[str, object, str], ...] = (
 
 class ReviserError(RuntimeError):
     """The reviser model gave no usable answer: a transport failure after retries, empty output, or
-    its own instructions repeated back (twice in a row)."""
+    (twice in a row) its own instructions repeated back or the previous answer unchanged."""
 
 
 def problems(judgment: Judgment) -> list[str]:
     """The failed rubric dimensions of a verdict, as instructions (empty for an unreadable verdict)."""
     return [text for field, bad, text in _PROBLEMS if getattr(judgment, field) == bad]
+
+
+def unusable(revision: str, instructions: str, previous: str) -> str | None:
+    """Why a revision is no revision (None when it is one): it repeats the reviser's instructions
+    instead of answering, or it is the answer it was asked to revise, unchanged."""
+    echoed = shares_substring(revision, instructions, ECHO_CHARS)
+    if echoed is not None:
+        return f"the revision repeats the reviser's instructions ({echoed!r}…) instead of answering"
+    if revision.split() == previous.split():
+        return "the revision is the previous answer unchanged"
+    return None
 
 
 def revision_id(run_id: str, scenario_id: str, round_: int) -> str:
@@ -93,14 +104,11 @@ class Reviser:
             result = await self.llm.text(messages(prompt.system, prompt.user), node="revise", run_id=run_id)
             if result.error:
                 raise ReviserError(f"{self.llm.id} revising {previous.id}: {result.error}")
-            echoed = shares_substring(result.text, prompt.system, ECHO_CHARS)
-            if echoed is None:
+            problem = unusable(result.text, prompt.system, previous.text)
+            if problem is None:
                 break
         else:
-            raise ReviserError(
-                f"{self.llm.id} revising {previous.id}: the revision repeats the reviser's instructions "
-                f"({echoed!r}…) instead of answering, twice"
-            )
+            raise ReviserError(f"{self.llm.id} revising {previous.id}: {problem}, twice")
         round_ = previous.round + 1
         return Response(
             id=revision_id(run_id, scenario.id, round_),

@@ -257,6 +257,14 @@ def test_reviser_retries_an_echo_of_its_instructions_once():
     assert [e.node for e in llm.ledger.entries] == ["revise", "revise"]  # both calls are accounted
 
 
+def test_reviser_that_returns_the_answer_unchanged_gives_no_revision():
+    llm, fake = fake_llm("target", [BAD + "\n"])
+    prev = Response(id="r0", scenario_id="sc-0", model_id="fake:target", text=BAD, round=0)
+    with pytest.raises(ReviserError, match="previous answer unchanged, twice"):
+        asyncio.run(Reviser(llm)(scenario(), prev, jdg("r0", normative_violation=-1), [P1]))
+    assert len(fake.calls) == 2
+
+
 def test_reviser_that_keeps_echoing_gives_no_revision():
     llm, fake = fake_llm("target", [echo_of_instructions()])
     prev = Response(id="r0", scenario_id="sc-0", model_id="fake:target", text=BAD, round=0)
@@ -322,7 +330,7 @@ def test_passing_original_emits_sft_only(tmp_path):
 
 def test_unresolved_after_max_rounds_emits_nothing(tmp_path):
     store = Store(tmp_path / "s.sqlite")
-    ctx, fakes = make_context(store, model_script=[BAD], reviser_script=[BAD])
+    ctx, fakes = make_context(store, model_script=[BAD], reviser_script=[WEAK, BAD])
     [outcome] = run(store, ctx, [scenario()], tmp_path, max_rounds=2)
     assert outcome.status == "unresolved" and outcome.emitted["sft_response_id"] == ""
     assert len(fakes["reviser"].calls) == 2 and len(store.responses()) == 3
