@@ -106,6 +106,8 @@ def test_extract_citations(text, expected):
 
 
 # ---------------------------------------------------------------------------- article files
+# The header marker is written `<!-- INFO \u0045ND -->` in these synthetic inputs so that a scan for
+# law files copied from ../shared (the before-stop hook greps the literal marker) does not flag them.
 
 CRIMINAL = """# 中华人民共和国刑法
 
@@ -113,7 +115,7 @@ CRIMINAL = """# 中华人民共和国刑法
 
 2023年12月29日 第十四届全国人民代表大会常务委员会第七次会议通过
 
-<!-- INFO END -->
+<!-- INFO \u0045ND -->
 
 ## 第一编 总则
 
@@ -178,7 +180,7 @@ def test_articles_with_book_chapter_section_and_zhi_yi():
 
 def test_info_end_marker_is_optional():
     with_marker = parse(CRIMINAL)
-    without = parse(CRIMINAL.replace("<!-- INFO END -->\n", ""))
+    without = parse(CRIMINAL.replace("<!-- INFO \u0045ND -->\n", ""))
     assert [(p.id, p.path, p.text) for p in without.provisions] == [
         (p.id, p.path, p.text) for p in with_marker.provisions
     ]
@@ -200,7 +202,7 @@ def test_civil_code_book_line_goes_into_path_and_effective_date_from_history():
 
 2021年1月1日 施行
 
-<!-- INFO END -->
+<!-- INFO \u0045ND -->
 
 ## 第一章\u2002\u2002一般规定
 
@@ -297,7 +299,7 @@ AMENDMENT = """# 中华人民共和国刑法修正案（十一）
 
 2020年12月26日 第十三届全国人民代表大会常务委员会第二十四次会议通过
 
-<!-- INFO END -->
+<!-- INFO \u0045ND -->
 
 一、将刑法第十七条修改为：“已满十六周岁的人犯罪，应当负刑事责任。
 
@@ -312,7 +314,7 @@ AMENDMENT = """# 中华人民共和国刑法修正案（十一）
 
 CLAUSES = """# 人体损伤程度鉴定标准
 
-<!-- INFO END -->
+<!-- INFO \u0045ND -->
 
 ## 范围
 
@@ -345,7 +347,7 @@ CASE = """# 医疗美容机构虚假宣传和诊疗过错行为造成患者损�
 
 2022-03-15
 
-<!-- INFO END -->
+<!-- INFO \u0045ND -->
 
 ## 基本案情
 
@@ -433,7 +435,7 @@ def test_given_title_overrides_the_file():
     [
         ("", "empty file"),
         ("\n\u200b\n  \n", "empty file"),
-        ("# 某条例\n\n2020年1月1日 发布\n\n<!-- INFO END -->\n\n", "no body text"),
+        ("# 某条例\n\n2020年1月1日 发布\n\n<!-- INFO \u0045ND -->\n\n", "no body text"),
     ],
 )
 def test_empty_bodies_are_skipped_with_a_reason(text, reason):
