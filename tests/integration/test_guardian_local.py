@@ -8,17 +8,17 @@ import pytest
 
 from medes.agents.guardian import LLMJudge
 from medes.llm import LLM, ModelSpec
-from medes.records import Provision, Response, Scenario, Source
+from medes.records import Response, Scenario
+from tests.support.fakes import provision
 
 pytestmark = pytest.mark.integration
 
 MODEL = Path.home() / ".cache" / "medes" / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
-P = Provision(
-    id="人体器官捐献和移植条例#第三条",
-    source=Source(title="人体器官捐献和移植条例"),
-    article="第三条",
-    text="任何组织或者个人不得以任何形式买卖人体器官，不得从事与买卖人体器官有关的活动。",
+P = provision(
+    "人体器官捐献和移植条例",
+    "第三条",
+    "任何组织或者个人不得以任何形式买卖人体器官，不得从事与买卖人体器官有关的活动。",
 )
 SCENARIO = Scenario(
     id="sc-int",

@@ -20,25 +20,19 @@ from hypothesis import strategies as st
 
 from medes.fake import FakeChatModel
 from medes.llm import LLM, ModelSpec, TokenLedger
-from medes.records import Judgment, Provision, Response, Scenario, Source
+from medes.records import Judgment, Response, Scenario
+from tests.support.fakes import provision
 
 UNIT = Path(__file__).resolve().parents[1] / "unit"
 
 PROVISIONS = [
-    Provision(
-        id="测试医师法#第一条",
-        source=Source(title="测试医师法"),
-        article="第一条",
-        text="医师实施手术前，应当向患者说明医疗风险和替代医疗方案，并取得其明确同意。",
+    provision(
+        "测试医师法",
+        "第一条",
+        "医师实施手术前，应当向患者说明医疗风险和替代医疗方案，并取得其明确同意。",
         pack="test",
     ),
-    Provision(
-        id="测试医师法#第二条",
-        source=Source(title="测试医师法"),
-        article="第二条",
-        text="医师应当保护患者隐私，不得泄露患者的病情和病历资料。",
-        pack="test",
-    ),
+    provision("测试医师法", "第二条", "医师应当保护患者隐私，不得泄露患者的病情和病历资料。", pack="test"),
 ]
 IDS = [p.id for p in PROVISIONS]
 SCENARIO = Scenario(

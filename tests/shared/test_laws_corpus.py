@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from tests.support.shared import shared_path
 
 from medes.retrieval.packs import IngestReport, load_corpus
+from tests.support.shared import shared_path
 
 # The SOURCES.md rule for an article header line.
 HEADER = re.compile(r"^第[一二三四五六七八九十百千零〇]+条(之[一二三四五六七八九十]+)? ", re.M)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from tests.support.shared import shared_path
 
 from medes import benchdata
 from medes.agents.judge_text import judgment_from_medes
 from medes.metrics import ScoredRow, leaderboard
+from tests.support.shared import shared_path
 
 pytestmark = pytest.mark.shared
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medes.records import Provision
+from medes.records import Provision, Source
+
+
+def provision(title: str, article: str, text: str, *, pack: str = "") -> Provision:
+    """A test provision with the id the parser would give it (`<title>#<article>`)."""
+    return Provision(
+        id=f"{title}#{article}", source=Source(title=title), article=article, text=text, pack=pack
+    )
 
 
 @dataclass

@@ -21,22 +21,12 @@ from medes.graphs.align import (
     summarize,
 )
 from medes.llm import LLM, ModelSpec
-from medes.records import Judgment, Provision, Response, Scenario, Source
+from medes.records import Judgment, Response, Scenario
 from medes.store import Store
-from tests.support.fakes import FakeIndex
+from tests.support.fakes import FakeIndex, provision
 
-P1 = Provision(
-    id="人体器官捐献和移植条例#第三条",
-    source=Source(title="人体器官捐献和移植条例"),
-    article="第三条",
-    text="任何组织或者个人不得以任何形式买卖人体器官。",
-)
-P2 = Provision(
-    id="中华人民共和国医师法#第二十五条",
-    source=Source(title="中华人民共和国医师法"),
-    article="第二十五条",
-    text="医师应当向患者说明病情和医疗措施。",
-)
+P1 = provision("人体器官捐献和移植条例", "第三条", "任何组织或者个人不得以任何形式买卖人体器官。")
+P2 = provision("中华人民共和国医师法", "第二十五条", "医师应当向患者说明病情和医疗措施。")
 
 
 def scenario(i: int = 0) -> Scenario:

@@ -15,22 +15,12 @@ from medes.graphs.evaluate import (
     run_evaluation,
 )
 from medes.llm import LLM, ModelSpec
-from medes.records import Provision, Scenario, Source
+from medes.records import Scenario
 from medes.store import Store
-from tests.support.fakes import FakeIndex
+from tests.support.fakes import FakeIndex, provision
 
-P1 = Provision(
-    id="人体器官捐献和移植条例#第三条",
-    source=Source(title="人体器官捐献和移植条例"),
-    article="第三条",
-    text="不得买卖人体器官。",
-)
-P2 = Provision(
-    id="中华人民共和国医师法#第二十五条",
-    source=Source(title="中华人民共和国医师法"),
-    article="第二十五条",
-    text="应当说明病情。",
-)
+P1 = provision("人体器官捐献和移植条例", "第三条", "不得买卖人体器官。")
+P2 = provision("中华人民共和国医师法", "第二十五条", "应当说明病情。")
 
 
 def scenarios(n=3):

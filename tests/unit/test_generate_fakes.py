@@ -12,36 +12,29 @@ import threading
 
 from medes.fake import FakeChatModel
 from medes.llm import LLM, ModelSpec, TokenLedger
-from medes.records import Provision, Source
-from tests.support.fakes import FakeHit
+from medes.records import Provision
+from tests.support.fakes import FakeHit, provision
 
 PROVISIONS = [
-    Provision(
-        id="测试医师法#第一条",
-        source=Source(title="测试医师法"),
-        article="第一条",
-        text="医师实施手术、特殊检查或者特殊治疗前，应当向患者具体说明医疗风险和替代医疗方案，并取得其明确同意。",
+    provision(
+        "测试医师法",
+        "第一条",
+        "医师实施手术、特殊检查或者特殊治疗前，应当向患者具体说明医疗风险和替代医疗方案，并取得其明确同意。",
         pack="test",
     ),
-    Provision(
-        id="测试医师法#第二条",
-        source=Source(title="测试医师法"),
-        article="第二条",
-        text="医师应当保护患者隐私和个人信息，不得泄露患者的病情和病历资料。",
+    provision(
+        "测试医师法", "第二条", "医师应当保护患者隐私和个人信息，不得泄露患者的病情和病历资料。", pack="test"
+    ),
+    provision(
+        "测试器官条例",
+        "第一条",
+        "任何组织或者个人不得以任何形式买卖人体器官，不得从事与买卖人体器官有关的活动。",
         pack="test",
     ),
-    Provision(
-        id="测试器官条例#第一条",
-        source=Source(title="测试器官条例"),
-        article="第一条",
-        text="任何组织或者个人不得以任何形式买卖人体器官，不得从事与买卖人体器官有关的活动。",
-        pack="test",
-    ),
-    Provision(
-        id="测试试验规范#第一条",
-        source=Source(title="测试试验规范"),
-        article="第一条",
-        text="开展药物临床试验应当经伦理委员会审查同意，并取得受试者书面知情同意，受试者可以随时退出。",
+    provision(
+        "测试试验规范",
+        "第一条",
+        "开展药物临床试验应当经伦理委员会审查同意，并取得受试者书面知情同意，受试者可以随时退出。",
         pack="test",
     ),
 ]

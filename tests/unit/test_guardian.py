@@ -15,20 +15,13 @@ from medes.agents.guardian import (
 from medes.fake import FakeChatModel
 from medes.llm import LLM, ModelSpec
 from medes.prompts import prompt_hash
-from medes.records import Judgment, Provision, Response, Scenario, Source
+from medes.records import Judgment, Response, Scenario
 from medes.store import Store
+from tests.support.fakes import provision
 
-P1 = Provision(
-    id="人体器官捐献和移植条例#第三条",
-    source=Source(title="人体器官捐献和移植条例"),
-    article="第三条",
-    text="任何组织或者个人不得以任何形式买卖人体器官。",
-)
-P2 = Provision(
-    id="中华人民共和国医师法#第二十五条",
-    source=Source(title="中华人民共和国医师法"),
-    article="第二十五条",
-    text="医师在诊疗活动中应当向患者说明病情、医疗措施和其他需要告知的事项。",
+P1 = provision("人体器官捐献和移植条例", "第三条", "任何组织或者个人不得以任何形式买卖人体器官。")
+P2 = provision(
+    "中华人民共和国医师法", "第二十五条", "医师在诊疗活动中应当向患者说明病情、医疗措施和其他需要告知的事项。"
 )
 SCENARIO = Scenario(
     id="sc-1",
