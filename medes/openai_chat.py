@@ -96,7 +96,7 @@ class OpenAIChat(BaseChatModel):
         with self._lock:
             client = self._clients.get(loop)
             if client is None:
-                # the pool grows to the concurrency `LLM` allows; keep-alive keeps it warm
+                # the openai SDK's limits: `LLM`'s semaphore, not the pool, bounds requests in flight
                 limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
                 client = httpx2.AsyncClient(timeout=self.timeout, limits=limits, transport=self.transport)
                 self._clients[loop] = client
