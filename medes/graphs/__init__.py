@@ -6,6 +6,7 @@ Every graph runs on a SQLite checkpointer, so a killed run resumes from its thre
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 ThreadPhase = Literal["new", "unfinished", "finished"]
@@ -28,3 +29,19 @@ def thread_phase(snapshot: Any) -> ThreadPhase:
 
 def is_finished(snapshot: Any) -> bool:
     return thread_phase(snapshot) == "finished"
+
+
+async def run_thread(
+    graph: Any, config: dict[str, Any], new_input: Callable[[], Any], **invoke: Any
+) -> tuple[bool, dict[str, Any]]:
+    """Run one checkpointed thread to its end: (it had already finished, its final state values).
+
+    A finished thread is read, not rerun; an unfinished one resumes from its checkpoint with `None`;
+    only a new one starts from `new_input()`. `invoke` goes to `graph.ainvoke` (context, durability).
+    """
+    snapshot = await graph.aget_state(config)
+    phase = thread_phase(snapshot)
+    if phase == "finished":
+        return True, dict(snapshot.values)
+    out = await graph.ainvoke(new_input() if phase == "new" else None, config, **invoke)
+    return False, dict(out or {})

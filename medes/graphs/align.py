@@ -40,7 +40,7 @@ from typing_extensions import TypedDict
 
 from medes.agents.responder import Responder, response_id
 from medes.agents.reviser import Reviser, ReviserError, revision_id
-from medes.graphs import thread_phase
+from medes.graphs import run_thread
 from medes.llm import TransientLLMError
 from medes.prompts import prompt_hash
 from medes.records import (
@@ -400,23 +400,17 @@ async def run_align(
             config = {"configurable": {"thread_id": thread_id(run_id, scenario.id)}}
             async with limit:
                 try:
-                    snapshot = await graph.aget_state(config)
-                    phase = thread_phase(snapshot)
-                    done = phase == "finished"
-                    if done:
-                        out = snapshot.values
-                    else:
-                        start = (
-                            None
-                            if phase == "unfinished"
-                            else AlignInput(
-                                run_id=run_id,
-                                scenario=scenario.model_dump(mode="json"),
-                                max_rounds=max_rounds,
-                                threshold=threshold,
-                            )
-                        )
-                        out = await graph.ainvoke(start, config, context=context)
+                    done, out = await run_thread(
+                        graph,
+                        config,
+                        lambda: AlignInput(
+                            run_id=run_id,
+                            scenario=scenario.model_dump(mode="json"),
+                            max_rounds=max_rounds,
+                            threshold=threshold,
+                        ),
+                        context=context,
+                    )
                     emitted = dict(out["emitted"])
                     outcome = AlignOutcome(scenario.id, emitted["status"], done, emitted)
                 except Exception as exc:  # noqa: BLE001 - one failed thread must not stop the run; reported

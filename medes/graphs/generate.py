@@ -25,7 +25,7 @@ from medes.agents import gates
 from medes.agents.drafter import ScenarioParts, draft
 from medes.agents.mutator import mutate
 from medes.agents.planner import PlanItem, provision_brief
-from medes.graphs import thread_phase
+from medes.graphs import run_thread
 from medes.graphs.generate_state import (
     GenerateContext,
     GenerateInput,
@@ -307,18 +307,17 @@ async def run_threads(
             config = {"configurable": {"thread_id": thread_id(run_id, item.index)}}
             async with limit:
                 try:
-                    snapshot = await graph.aget_state(config)
-                    phase = thread_phase(snapshot)
-                    if phase == "finished":
-                        outcome = ThreadOutcome(item.index, "skipped", snapshot.values.get("stored", []))
-                    else:
-                        start = (
-                            GenerateInput(run_id=run_id, item=item.model_dump()) if phase == "new" else None
-                        )
-                        # sync durability: a step is on disk before the next starts, so kill -9 loses at most
-                        # the steps in flight (async mode may also lose the last finished one)
-                        out = await graph.ainvoke(start, config, context=context, durability="sync")
-                        outcome = ThreadOutcome(item.index, "done", list((out or {}).get("stored", [])))
+                    # sync durability: a step is on disk before the next starts, so kill -9 loses at most
+                    # the steps in flight (async mode may also lose the last finished one)
+                    finished, out = await run_thread(
+                        graph,
+                        config,
+                        lambda: GenerateInput(run_id=run_id, item=item.model_dump()),
+                        context=context,
+                        durability="sync",
+                    )
+                    stored = list(out.get("stored", []))
+                    outcome = ThreadOutcome(item.index, "skipped" if finished else "done", stored)
                 except Exception as exc:  # noqa: BLE001 - one failed thread must not stop the run; reported below
                     error = f"{type(exc).__name__}: {exc}"
                     context.store.add_gate_event(
