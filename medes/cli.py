@@ -679,14 +679,24 @@ AlignRounds = Annotated[int, typer.Option("--rounds", help="Most guardian-guided
 AlignThreshold = Annotated[float, typer.Option("--threshold", help="Smallest MedES final score that passes.")]
 JudgeSpec = Annotated[str | None, typer.Option("--judge", help="Guardian LLM judge spec (default: MEDES_JUDGE_LLM, else MEDES_LLM).")]
 ReviserSpec = Annotated[str | None, typer.Option("--reviser", help="Reviser spec (default: the aligned model revises itself).")]
+ReviseStyle = Annotated[
+    str,
+    typer.Option("--revise-style", help="outline: the reviser fills one field per rubric point and medes writes the citations (holds with small models); free: it rewrites the answer as free text."),
+]
 
 
-def _align_job(model, judge, reviser, rounds, threshold, k, concurrency):
+def _align_job(model, judge, reviser, rounds, threshold, k, concurrency, revise_style):
+    from medes.agents.reviser import STYLES
     from medes.graphs.loop import AlignJob
 
     if rounds < 0 or not 0 <= threshold <= 1 or k < 0 or concurrency < 1:
         raise fail("need --rounds ≥ 0, 0 ≤ --threshold ≤ 1, -k ≥ 0, --concurrency ≥ 1")
-    return AlignJob(model=model, judge=judge, reviser=reviser, rounds=rounds, threshold=threshold, k=k, concurrency=concurrency)
+    if revise_style not in STYLES:
+        raise fail(f"--revise-style must be one of {', '.join(STYLES)}, not {revise_style!r}")
+    return AlignJob(
+        model=model, judge=judge, reviser=reviser, revise_style=revise_style, rounds=rounds,
+        threshold=threshold, k=k, concurrency=concurrency,
+    )
 
 
 @app.command()
@@ -695,6 +705,7 @@ def align(
     model: Annotated[str | None, typer.Option("--model", help="Spec of the model being aligned.")] = None,
     judge: JudgeSpec = None,
     reviser: ReviserSpec = None,
+    revise_style: ReviseStyle = "outline",
     rounds: AlignRounds = 2,
     threshold: AlignThreshold = 0.7,
     out_run: Annotated[
@@ -723,7 +734,7 @@ def align(
     from medes.store import Store
 
     settings = get_settings()
-    job = _align_job(model, judge, reviser, rounds, threshold, k, concurrency)
+    job = _align_job(model, judge, reviser, rounds, threshold, k, concurrency, revise_style)
     store_path = store or settings.resolved_store_path()
     with Store(store_path) as db:
         try:
@@ -732,7 +743,7 @@ def align(
         except (LookupError, LLMConfigError, OSError, ValueError) as e:
             raise fail(str(e)) from e
         scenarios = scenarios[: limit or None]
-        run_id = out_run or content_id("align", source, agents.model_id, agents.reviser.model_id, agents.judge_id, str(rounds), str(threshold), *[s.id for s in scenarios])
+        run_id = out_run or content_id("align", source, agents.model_id, agents.reviser.model_id, revise_style, agents.judge_id, str(rounds), str(threshold), *[s.id for s in scenarios])
         try:
             start_align_run(db, run_id, align_manifest(job, agents, source, settings, n_scenarios=len(scenarios)))
         except ValueError as e:
@@ -769,6 +780,7 @@ def loop(
     model: Annotated[str | None, typer.Option("--model", help="Spec of the model being evaluated and aligned (default: --llm).")] = None,
     judge: JudgeSpec = None,
     reviser: ReviserSpec = None,
+    revise_style: ReviseStyle = "outline",
     align_rounds: Annotated[int, typer.Option("--align-rounds", help="Most revisions per scenario.")] = 2,
     threshold: AlignThreshold = 0.7,
     mutations: Annotated[int, typer.Option("--mutations", help="Mutation operators applied to each draft.")] = 2,
@@ -788,7 +800,10 @@ def loop(
     if rounds < 1 or n < 1 or mutations < 0:
         raise fail("need --rounds ≥ 1, -n ≥ 1, --mutations ≥ 0")
     # --llm is the default for every role: generator, target model and (after MEDES_JUDGE_LLM) the judge
-    job = _align_job(model or llm, judge or get_settings().judge_llm or llm, reviser, align_rounds, threshold, k, concurrency)
+    job = _align_job(
+        model or llm, judge or get_settings().judge_llm or llm, reviser, align_rounds, threshold, k,
+        concurrency, revise_style,
+    )
     loop_id = loop_id or new_id("loop")
     try:
         result = run_loop(

@@ -335,6 +335,9 @@ class StructuredResult:
     raw: str
     error: str | None
     attempts: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
 
 
 EMPTY_ANSWER = "empty answer"
@@ -546,7 +549,13 @@ class LLM:
         entry.latency_s = time.perf_counter() - start
         self.ledger.add(entry)
         return StructuredResult(
-            parsed=parsed, raw=raw, error=error if parsed is None else None, attempts=entry.attempts
+            parsed=parsed,
+            raw=raw,
+            error=error if parsed is None else None,
+            attempts=entry.attempts,
+            prompt_tokens=entry.prompt_tokens,
+            completion_tokens=entry.completion_tokens,
+            latency_s=entry.latency_s,
         )
 
     async def text(self, messages: Sequence[BaseMessage], *, node: str, run_id: str = "") -> TextResult:

@@ -8,12 +8,25 @@ A revision is a new `Response` with `round = previous.round + 1` and `parent_id 
 Its id is derived from (run, scenario, round), so a resumed run recognises a revision it already
 stored. Its `model_id` is `revise:<reviser model>`: leaderboards group by model id, so the model's
 own answers and the guardian-guided revisions never blend into one row.
+
+Two styles:
+- `outline` (default): the model fills one bounded field per rubric point (empathy, issue, the ids
+  of the provisions it relies on, what they require, advice) under the LLM layer's structured
+  output; code renders the answer and writes each citation from the provision record itself, so a
+  cited article always exists and always resolves. A small local model holds to this where it
+  echoes its instructions or the scenario in free text.
+- `free`: the model rewrites the whole answer as free text (for strong models; its citations are
+  whatever it writes).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, create_model
 
 from medes.agents.gates import shares_substring
 from medes.agents.guardian import defuse, provision_view
@@ -22,6 +35,8 @@ from medes.prompts import Prompt, render
 from medes.records import Judgment, Provision, Response, Scenario, content_id
 
 REVISE_PROMPT = "revise"
+OUTLINE_PROMPT = "revise_outline"
+STYLES = ("outline", "free")
 MODEL_PREFIX = "revise:"
 ECHO_CHARS = 20
 """A revision sharing a run of this many characters with the reviser's own instructions (the system
@@ -40,7 +55,8 @@ _PROBLEMS: tuple[tuple[str, object, str], ...] = (
 
 class ReviserError(RuntimeError):
     """The reviser model gave no usable answer: a transport failure after retries, empty output, or
-    (twice in a row) its own instructions repeated back or the previous answer unchanged."""
+    (twice in a row) its own instructions repeated back, the previous answer unchanged or an
+    unreadable outline."""
 
 
 def problems(judgment: Judgment) -> list[str]:
@@ -64,13 +80,17 @@ def revision_id(run_id: str, scenario_id: str, round_: int) -> str:
 
 
 def revise_prompt(
-    scenario: Scenario, previous: Response, judgment: Judgment, provisions: Sequence[Provision]
+    scenario: Scenario,
+    previous: Response,
+    judgment: Judgment,
+    provisions: Sequence[Provision],
+    style: str = "free",
 ) -> Prompt:
     violated_ids = set(judgment.violated_norm_ids)
     violated = [provision_view(p) for p in provisions if p.id in violated_ids]
     others = [provision_view(p) for p in provisions if p.id not in violated_ids]
     return render(
-        REVISE_PROMPT,
+        OUTLINE_PROMPT if style == "outline" else REVISE_PROMPT,
         query=defuse(scenario.query),
         answer=defuse(previous.text),
         problems=problems(judgment),
@@ -80,9 +100,64 @@ def revise_prompt(
     )
 
 
+# ------------------------------------------------------------------------------ the outline style
+
+
+def outline_schema(norm_ids: Sequence[str]) -> type[BaseModel]:
+    """The outline the model fills: bounded strings (a small model under a JSON grammar ends them)
+    and, when provisions were retrieved, one or two of their ids (an enum: nothing else is valid)."""
+    return _outline_schema(tuple(dict.fromkeys(norm_ids)))
+
+
+@functools.lru_cache(maxsize=256)
+def _outline_schema(ids: tuple[str, ...]) -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        "empathy": (str, Field(min_length=1, max_length=80, description="回应提问者的处境和感受")),
+        "issue": (str, Field(min_length=1, max_length=120, description="情境中最核心的伦理或法律问题")),
+    }
+    if ids:
+        enum = Literal[ids]  # type: ignore[valid-type]
+        fields["norm_ids"] = (
+            list[enum],  # type: ignore[valid-type]
+            Field(min_length=1, max_length=min(2, len(ids)), description="所依据条款的编号"),
+        )
+    fields["norm_point"] = (str, Field(min_length=1, max_length=150, description="这些规范对本情境的要求"))
+    fields["advice"] = (str, Field(min_length=1, max_length=200, description="合规、具体、可执行的下一步"))
+    return create_model("RevisionOutline", __doc__="按评审要点重写的回答。", **fields)
+
+
+def render_outline(outline: BaseModel, provisions: Sequence[Provision]) -> str:
+    """The answer an outline stands for; each citation is written from its provision record."""
+    by_id = {p.id: p for p in provisions}
+    cited = [by_id[i] for i in dict.fromkeys(getattr(outline, "norm_ids", ())) if i in by_id]
+    point = _sentence(outline.norm_point)
+    if cited:
+        point = f"依据{'和'.join(p.citation() for p in cited)}：{point}"
+    parts = [
+        _sentence(outline.empathy),
+        _sentence(outline.issue),
+        point,
+        "建议：" + _sentence(outline.advice),
+    ]
+    return "\n\n".join(parts)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if not text or text[-1] in "。！？；….!?" else text + "。"
+
+
+# ------------------------------------------------------------------------------------- the reviser
+
+
 @dataclass
 class Reviser:
     llm: LLM
+    style: str = "outline"
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"unknown revision style {self.style!r}; use one of {', '.join(STYLES)}")
 
     @property
     def model_id(self) -> str:
@@ -99,12 +174,23 @@ class Reviser:
     ) -> Response:
         if judgment.response_id != previous.id:
             raise ValueError(f"judgment {judgment.id} judges {judgment.response_id}, not {previous.id}")
-        prompt = revise_prompt(scenario, previous, judgment, provisions)
+        prompt = revise_prompt(scenario, previous, judgment, provisions, self.style)
+        convo = messages(prompt.system, prompt.user)
         for _ in range(2):  # a sampled second try usually answers instead of echoing
-            result = await self.llm.text(messages(prompt.system, prompt.user), node="revise", run_id=run_id)
+            if self.style == "outline":
+                result = await self.llm.structured(
+                    convo, outline_schema([p.id for p in provisions]), node="revise", run_id=run_id
+                )
+                if result.parsed is None and not (result.error or "").startswith("transport:"):
+                    problem = f"the outline could not be read ({(result.error or '')[:200]})"
+                    continue
+                text = "" if result.parsed is None else render_outline(result.parsed, provisions)
+            else:
+                result = await self.llm.text(convo, node="revise", run_id=run_id)
+                text = result.text
             if result.error:
                 raise ReviserError(f"{self.llm.id} revising {previous.id}: {result.error}")
-            problem = unusable(result.text, prompt.system, previous.text)
+            problem = unusable(text, prompt.system, previous.text)
             if problem is None:
                 break
         else:
@@ -114,7 +200,7 @@ class Reviser:
             id=revision_id(run_id, scenario.id, round_),
             scenario_id=scenario.id,
             model_id=self.model_id,
-            text=result.text,
+            text=text,
             latency_s=result.latency_s,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,

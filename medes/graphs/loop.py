@@ -49,6 +49,8 @@ class AlignJob:
     """Spec of the guardian's LLM judge (None: MEDES_JUDGE_LLM, else the default)."""
     reviser: str | None = None
     """Spec of the reviser (None: the model itself revises its answer: self-correction)."""
+    revise_style: str = "outline"
+    """`outline` (rubric fields under structured output; code writes the citations) or `free` text."""
     rounds: int = DEFAULT_MAX_ROUNDS
     threshold: float = DEFAULT_THRESHOLD
     k: int = 5
@@ -90,7 +92,7 @@ def build_agents(job: AlignJob, settings: Settings, ledger: Any) -> Agents:
     return Agents(
         responder=Responder(model),
         guardian=Cascade(LLMJudge(judge), None, job.min_confidence),
-        reviser=Reviser(reviser),
+        reviser=Reviser(reviser, job.revise_style),
         judge_id=judge.id,
     )
 
@@ -128,7 +130,9 @@ def align_manifest(
         "source": source,
         "job": asdict(job),
         "model_ids": [agents.model_id, agents.reviser.model_id, agents.judge_id],
-        "prompt_hashes": {name: prompt_hash(name) for name in ("respond", "judge", "revise")},
+        "prompt_hashes": {
+            name: prompt_hash(name) for name in ("respond", "judge", "revise", "revise_outline")
+        },
         "git_sha": git_sha(),
         "settings": settings.public_dict(),
         **extra,
@@ -143,7 +147,7 @@ def start_align_run(store: Store, run_id: str, manifest: dict[str, Any]) -> None
     old = previous.get("manifest", {}).get("job")
     new = manifest["job"]
     if old is not None:
-        keys = ("model", "rounds", "threshold")
+        keys = ("model", "rounds", "threshold", "revise_style")
         if any(old.get(key) != new.get(key) for key in keys):
             raise ValueError(
                 f"run {run_id} was started with "

@@ -74,6 +74,13 @@ VALID = {
         "feedback": "指出代签不合规。",
         "confidence": 0.9,
     },
+    "revise": {
+        "empathy": "理解您着急为老人手术的心情。",
+        "issue": "邻居不是近亲属，无权代签手术同意书。",
+        "norm_ids": [IDS[0]],
+        "norm_point": "手术前须取得患者本人或其近亲属的明确同意。",
+        "advice": "请电话联系其儿子取得同意并记录；危急时按程序报医疗机构负责人批准。",
+    },
     "ask": {"answer": "应当取得患者明确同意。", "cited_ids": [IDS[0]]},
     "mcq": {"answers": ["A", "C"]},
 }
@@ -219,13 +226,10 @@ def test_ask_falls_back_to_retrieval_only_with_the_reason(output):
         assert "unparseable" in (result.error or "")
 
 
-@FUZZ
-@given(output=st.one_of(st.text(max_size=200), json_value.map(json.dumps)))
-def test_revise_returns_the_text_or_a_clear_error(output):
+def _failing_verdict() -> Judgment:
     from medes.agents.guardian import judgment_id
-    from medes.agents.reviser import Reviser, ReviserError
 
-    verdict = Judgment(
+    return Judgment(
         id=judgment_id(RESPONSE.id, "j"),
         scenario_id=SCENARIO.id,
         response_id=RESPONSE.id,
@@ -239,14 +243,47 @@ def test_revise_returns_the_text_or_a_clear_error(output):
         confidence=0.9,
         judge="j",
     )
+
+
+@FUZZ
+@given(output=st.one_of(st.text(max_size=200), json_value.map(json.dumps)))
+def test_free_revise_returns_the_text_or_a_clear_error(output):
+    from medes.agents.reviser import Reviser, ReviserError
+
     model = FakeChatModel(script=[output], cycle=True)
     llm = LLM(ModelSpec("fake", "fuzz"), model=model, backoff_base_s=0.0)
     try:
-        revised = asyncio.run(Reviser(llm)(SCENARIO, RESPONSE, verdict, PROVISIONS, run_id="r"))
+        revised = asyncio.run(
+            Reviser(llm, "free")(SCENARIO, RESPONSE, _failing_verdict(), PROVISIONS, run_id="r")
+        )
     except ReviserError as exc:
         assert not output.strip() and "empty" in str(exc)
     else:
         assert revised.text == output.strip() and revised.parent_id == RESPONSE.id
+
+
+@FUZZ
+@given(output=malformed("revise"))
+def test_outline_revise_renders_a_valid_outline_or_says_why_not(output):
+    from medes.agents.reviser import Reviser, ReviserError
+
+    ledger = TokenLedger()
+    model = FakeChatModel(script=[output], cycle=True)
+    llm = LLM(ModelSpec("fake", "fuzz"), model=model, ledger=ledger, parse_retries=0, backoff_base_s=0.0)
+    try:
+        revised = asyncio.run(
+            Reviser(llm, "outline")(SCENARIO, RESPONSE, _failing_verdict(), PROVISIONS, run_id="r")
+        )
+    except ReviserError as exc:
+        assert (
+            "outline could not be read" in str(exc) or "unchanged" in str(exc) or "instructions" in str(exc)
+        )
+        assert all(e.node == "revise" for e in ledger.entries) and len(ledger.entries) == 2
+    else:
+        # only a schema-valid outline becomes a revision, and it cites nothing but shown provisions
+        cited = [p for p in PROVISIONS if p.citation() in revised.text]
+        assert isinstance(output, dict) and set(output.get("norm_ids", [])) <= set(IDS)
+        assert {p.id for p in cited} == set(output["norm_ids"]) and "捏造法" not in revised.text
 
 
 @pytest.mark.parametrize(
