@@ -631,8 +631,16 @@ def parse_json_model(raw: str, schema: type[BaseModel]) -> tuple[BaseModel | Non
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end <= start:
         return None, "no JSON object in output"
+    body = text[start : end + 1]
     try:
-        return schema.model_validate_json(text[start : end + 1]), None
+        try:
+            return schema.model_validate_json(body), None
+        except ValidationError as exc:
+            if exc.errors()[0]["type"] != "json_invalid":
+                raise
+            # a raw newline or tab inside a string (a small model under a grammar writes them) is
+            # invalid JSON but unambiguous: read it leniently, then validate as usual
+            return schema.model_validate(json.loads(body, strict=False)), None
     except ValidationError as exc:
         return None, f"schema: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"[:2000]
     except ValueError as exc:

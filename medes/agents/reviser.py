@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from medes.agents.gates import shares_substring
 from medes.agents.guardian import defuse, provision_view
@@ -64,15 +64,29 @@ def problems(judgment: Judgment) -> list[str]:
     return [text for field, bad, text in _PROBLEMS if getattr(judgment, field) == bad]
 
 
-def unusable(revision: str, instructions: str, previous: str) -> str | None:
+def unusable(revision: str, instructions: str, previous: str, parts: Sequence[str] = ()) -> str | None:
     """Why a revision is no revision (None when it is one): it repeats the reviser's instructions
-    instead of answering, or it is the answer it was asked to revise, unchanged."""
+    instead of answering (a run of ECHO_CHARS, or one of its `parts`, e.g. an outline field, that is
+    nothing but a phrase of the instructions), it is the answer it was asked to revise, unchanged,
+    or it fills several parts with one text."""
     echoed = shares_substring(revision, instructions, ECHO_CHARS)
+    if echoed is None:
+        flat = _letters(instructions)
+        echoed = next((p for p in parts if len(_letters(p)) >= 4 and _letters(p) in flat), None)
     if echoed is not None:
-        return f"the revision repeats the reviser's instructions ({echoed!r}…) instead of answering"
+        return (
+            f"the revision repeats the reviser's instructions ({echoed[:ECHO_CHARS]!r}…) instead of answering"
+        )
     if revision.split() == previous.split():
         return "the revision is the previous answer unchanged"
+    flats = [_letters(p) for p in parts if len(_letters(p)) >= 10]
+    if len(set(flats)) < len(flats):
+        return "the outline repeats one text in several of its parts"
     return None
+
+
+def _letters(text: str) -> str:
+    return "".join(ch for ch in text if ch.isalnum())
 
 
 def revision_id(run_id: str, scenario_id: str, round_: int) -> str:
@@ -111,19 +125,27 @@ def outline_schema(norm_ids: Sequence[str]) -> type[BaseModel]:
 
 @functools.lru_cache(maxsize=256)
 def _outline_schema(ids: tuple[str, ...]) -> type[BaseModel]:
+    # Chinese keys (aliases): under a JSON grammar a small model writes `{"核心问题": "` and goes on
+    # with the core problem, where an English key and a description in the prompt invite it to copy
+    # the description
     fields: dict[str, Any] = {
-        "empathy": (str, Field(min_length=1, max_length=80, description="回应提问者的处境和感受")),
-        "issue": (str, Field(min_length=1, max_length=120, description="情境中最核心的伦理或法律问题")),
+        "issue": (str, Field(alias="核心问题", min_length=1, max_length=120)),
+        "empathy": (str, Field(alias="理解与关怀", min_length=1, max_length=80)),
     }
     if ids:
         enum = Literal[ids]  # type: ignore[valid-type]
         fields["norm_ids"] = (
             list[enum],  # type: ignore[valid-type]
-            Field(min_length=1, max_length=min(2, len(ids)), description="所依据条款的编号"),
+            Field(alias="依据条款", min_length=1, max_length=min(2, len(ids))),
         )
-    fields["norm_point"] = (str, Field(min_length=1, max_length=150, description="这些规范对本情境的要求"))
-    fields["advice"] = (str, Field(min_length=1, max_length=200, description="合规、具体、可执行的下一步"))
-    return create_model("RevisionOutline", __doc__="按评审要点重写的回答。", **fields)
+    fields["norm_point"] = (str, Field(alias="条款要求", min_length=1, max_length=150))
+    fields["advice"] = (str, Field(alias="具体建议", min_length=1, max_length=200))
+    return create_model(
+        "RevisionOutline",
+        __doc__="按评审要点重写的回答。",
+        __config__=ConfigDict(populate_by_name=True),
+        **fields,
+    )
 
 
 def render_outline(outline: BaseModel, provisions: Sequence[Provision]) -> str:
@@ -176,6 +198,9 @@ class Reviser:
             raise ValueError(f"judgment {judgment.id} judges {judgment.response_id}, not {previous.id}")
         prompt = revise_prompt(scenario, previous, judgment, provisions, self.style)
         convo = messages(prompt.system, prompt.user)
+        # what the reviser is told, as opposed to the material it works on: an answer that repeats
+        # it (the rubric, the list of problems, the guardian's feedback) answers nothing
+        instructions = "\n".join([prompt.system, *problems(judgment), judgment.feedback])
         for _ in range(2):  # a sampled second try usually answers instead of echoing
             if self.style == "outline":
                 result = await self.llm.structured(
@@ -185,12 +210,17 @@ class Reviser:
                     problem = f"the outline could not be read ({(result.error or '')[:200]})"
                     continue
                 text = "" if result.parsed is None else render_outline(result.parsed, provisions)
+                parts = [
+                    v
+                    for v in (result.parsed.model_dump().values() if result.parsed else ())
+                    if isinstance(v, str)
+                ]
             else:
                 result = await self.llm.text(convo, node="revise", run_id=run_id)
-                text = result.text
+                text, parts = result.text, []
             if result.error:
                 raise ReviserError(f"{self.llm.id} revising {previous.id}: {result.error}")
-            problem = unusable(text, prompt.system, previous.text)
+            problem = unusable(text, instructions, previous.text, parts)
             if problem is None:
                 break
         else:

@@ -257,7 +257,7 @@ def test_outline_reviser_writes_the_citation_from_the_provision_record():
     assert revision.completion_tokens == llm.ledger.entries[0].completion_tokens
     # the model is told the fields and shown both provisions' ids, and may pick only those
     prompt = fake.calls[0]
-    assert "norm_ids" in prompt[0].content and P2.id in prompt[-1].content
+    assert "依据条款" in prompt[0].content and P2.id in prompt[-1].content
 
 
 def test_outline_may_cite_only_the_provisions_shown():
@@ -276,7 +276,48 @@ def test_outline_without_provisions_has_no_id_field_and_cites_nothing_by_code():
     prev = Response(id="r0", scenario_id="sc-0", model_id="fake:target", text=BAD, round=0)
     revision = asyncio.run(Reviser(llm)(scenario(), prev, jdg("r0", normative_violation=-1), []))
     assert "依据" not in revision.text and "任何组织或个人都不得买卖人体器官。" in revision.text
-    assert "norm_ids" not in fake.calls[0][0].content
+    assert "依据条款" not in fake.calls[0][0].content
+
+
+def test_outline_fields_that_only_repeat_instructions_are_no_revision():
+    """A small model fills a field with a phrase of its instructions (the rubric problems, the
+    guardian's feedback): short, but an answer to nothing."""
+    j = jdg("r0", normative_violation=-1, actionable_advice=0).model_copy(
+        update={"feedback": "补充具体可行的下一步"}
+    )
+    copied_problem = {**OUTLINE, "norm_point": problems(j)[0]}
+    copied_feedback = {**OUTLINE, "advice": "补充具体可行的下一步。"}
+    for echo in (copied_problem, copied_feedback):
+        llm, fake = fake_llm("target", [echo])
+        prev = Response(id="r0", scenario_id="sc-0", model_id="fake:target", text=BAD, round=0)
+        with pytest.raises(ReviserError, match="repeats the reviser's instructions"):
+            asyncio.run(Reviser(llm)(scenario(), prev, j, [P1]))
+        assert len(fake.calls) == 2
+
+
+def test_outline_with_one_text_in_several_parts_is_no_revision():
+    same = "互联网医院和助手之间的关系是互相支持的，需要双方明确约定。"
+    llm, fake = fake_llm("target", [{**OUTLINE, "issue": same, "norm_point": same, "advice": same}])
+    prev = Response(id="r0", scenario_id="sc-0", model_id="fake:target", text=BAD, round=0)
+    with pytest.raises(ReviserError, match="repeats one text in several of its parts, twice"):
+        asyncio.run(Reviser(llm)(scenario(), prev, jdg("r0", normative_violation=-1), [P1]))
+
+
+def test_outline_schema_has_chinese_keys_and_reads_either_name():
+    from medes.agents.reviser import outline_schema
+
+    schema = outline_schema([P1.id])
+    assert list(schema.model_json_schema()["properties"]) == [
+        "核心问题",
+        "理解与关怀",
+        "依据条款",
+        "条款要求",
+        "具体建议",
+    ]
+    by_alias = {"核心问题": "a", "理解与关怀": "b", "依据条款": [P1.id], "条款要求": "c", "具体建议": "d"}
+    assert schema.model_validate(by_alias) == schema.model_validate(
+        OUTLINE | {"issue": "a", "empathy": "b", "norm_point": "c", "advice": "d"}
+    )
 
 
 def test_unreadable_outline_twice_gives_no_revision():

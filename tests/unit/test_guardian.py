@@ -114,6 +114,23 @@ def test_llm_judge_returns_scored_judgment_with_provenance():
     assert f"[{P1.id}]" in user and f"[{P2.id}]" in user and "禁止以任何形式买卖人体器官" in user
 
 
+def test_a_verbatim_citation_of_a_retrieved_provision_is_credited_whatever_the_judge_says():
+    answer = Response(
+        id="rsp-2", scenario_id="sc-1", model_id="m", text=f"不能收。依据{P1.citation()}，器官不得买卖。"
+    )
+    llm, _ = llm_with([verdict(norm_citation=0, cited_norm_ids=[])])
+    j = run(LLMJudge(llm)(SCENARIO, answer, [P1, P2]))
+    assert j.norm_citation == 1 and j.cited_norm_ids == [P1.id]
+    assert j.final == pytest.approx(0.4 + 0.3) and f"[规则] 回答逐字援引了{P1.citation()}" in j.rationale
+    # naming the law without the retrieved article, or an article that was not retrieved, is left
+    # to the judge
+    for text in ("不能收，《人体器官捐献和移植条例》禁止买卖器官。", f"依据{P2.citation()}。"):
+        other = answer.model_copy(update={"text": text})
+        llm, _ = llm_with([verdict(norm_citation=0, cited_norm_ids=[])])
+        j = run(LLMJudge(llm)(SCENARIO, other, [P1]))
+        assert j.norm_citation == 0 and j.cited_norm_ids == [] and "[规则]" not in j.rationale
+
+
 def test_llm_judge_id_is_stable_for_the_same_response_and_judge():
     llm, _ = llm_with([verdict(), verdict()])
     judge = LLMJudge(llm)

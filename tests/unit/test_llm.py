@@ -140,6 +140,8 @@ def test_concurrency_is_bounded():
         ('{"reason": "好", "score": 1', False),  # truncated
         ("这是一段散文，没有 JSON。", False),
         ('{"reason": 3, "score": "高"}', False),  # wrong types
+        ('{"reason": "第一行\n第二行\t完", "score": 1}', True),  # raw control characters in a string
+        ('{"reason": "第一行\n第二行", "score": "高"}', False),  # ... still validated
         ("", False),
     ],
 )
