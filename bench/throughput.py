@@ -11,7 +11,10 @@ runs in its own process (tests/support/simserver.py), so this process's CPU time
     python bench/throughput.py llm --concurrency 64 --profile /tmp/llm.prof   # + CPU by package
 
 Each mode prints one JSON line per concurrency: LLM calls counted at the endpoint, wall seconds,
-achieved calls/s, ideal C/L, their ratio, and this process's CPU per call and per scenario.
+achieved calls/s, ideal C/L, their ratio (end-to-end: setup, ramp-up and the ramp-down tail of a
+finite batch included), this process's CPU per call and per scenario (and the event loop's own
+share), and the endpoint's mean requests in flight ÷ C, over the busy span and over its steady
+window (`steady_efficiency`: first answer → last arrival; simserver `Load`).
 """
 
 from __future__ import annotations
@@ -113,6 +116,21 @@ class Measure:
     cpu_s: float
     extra: dict[str, Any]
 
+    def steady(self) -> dict[str, Any]:
+        """Steady state next to the end-to-end ratio (never instead of it): mean requests in flight
+        at the endpoint ÷ C, over the whole busy span and over its steady window (first answer →
+        last arrival; simserver `Load`), which leaves out ramp-up and the ramp-down tail that every
+        finite batch has."""
+        if not LOAD:
+            return {}
+        return {
+            "inflight_mean": LOAD["mean_inflight"],
+            "inflight_efficiency": round(LOAD["mean_inflight"] / self.concurrency, 3),
+            "steady_window_s": LOAD["steady_s"],
+            "steady_inflight_mean": LOAD["steady_mean_inflight"],
+            "steady_efficiency": round(LOAD["steady_mean_inflight"] / self.concurrency, 3),
+        }
+
     def row(self) -> dict[str, Any]:
         ideal = self.concurrency / self.latency_s
         rate = self.calls / self.wall_s
@@ -129,11 +147,20 @@ class Measure:
             "cpu_s": round(self.cpu_s, 2),
             "cpu_ms_per_call": round(1000 * self.cpu_s / max(self.calls, 1), 2),
             "cpu_ms_per_scenario": round(1000 * self.cpu_s / max(self.scenarios, 1), 2),
+            "cpu_ms_per_call_loop_thread": round(1000 * MAIN_THREAD_CPU_S[0] / max(self.calls, 1), 2),
             "cpu_bound_ceiling_calls_per_s": round(self.calls / max(self.cpu_s, 1e-9), 1),
             "load_avg_1m": round(os.getloadavg()[0], 1),
+            **self.steady(),
             **self.extra,
         }
 
+
+MAIN_THREAD_CPU_S = [0.0]
+"""CPU of the event-loop thread alone in the last `timed` section (the rest ran in worker threads:
+aiosqlite, `asyncio.to_thread`); the profiler's process clock charges worker time to `epoll.poll`."""
+
+LOAD: dict[str, float] = {}
+"""The endpoint's in-flight integral for the last `timed` section (simserver `Load`)."""
 
 PROFILER: cProfile.Profile | None = None
 """Set by `--profile`: profiles the measured section only (not imports or setup)."""
@@ -142,7 +169,7 @@ PROFILER: cProfile.Profile | None = None
 def timed(ep: Endpoint, fn: Callable[[], Any]) -> tuple[Any, int, float, float]:
     """Run `fn`; returns (its result, endpoint chat requests, wall s, process CPU s)."""
     ep.reset()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0, wall0, main0 = time.process_time(), time.perf_counter(), time.thread_time()
     if PROFILER is not None:
         PROFILER.enable()
     try:
@@ -151,7 +178,11 @@ def timed(ep: Endpoint, fn: Callable[[], Any]) -> tuple[Any, int, float, float]:
         if PROFILER is not None:
             PROFILER.disable()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    return out, int(ep.stats()["total"]), wall, cpu
+    MAIN_THREAD_CPU_S[0] = time.thread_time() - main0
+    stats = ep.stats()
+    LOAD.clear()
+    LOAD.update(stats.get("load", {}))
+    return out, int(stats["total"]), wall, cpu
 
 
 # ------------------------------------------------------------------------------------ workloads
@@ -384,7 +415,8 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
     tokenize("预热")
     ep = Endpoint(a.base_url)
     global PROFILER
-    prof = PROFILER = cProfile.Profile(time.process_time) if a.profile else None
+    clock = time.thread_time if a.profile_clock == "thread" else time.process_time
+    prof = PROFILER = cProfile.Profile(clock) if a.profile else None
     row = MODES[a.mode](ep, a.c, a.latency, a).row()
     row["latency_dist"] = a.latency_dist
     if prof:
@@ -407,6 +439,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--graph-max-concurrency", type=int, default=0, help="evaluate: LangGraph max_concurrency")
     p.add_argument(
         "--profile", type=Path, default=None, help="cProfile each run; prints CPU share by package"
+    )
+    p.add_argument(
+        "--profile-clock",
+        choices=("process", "thread"),
+        default="process",
+        help="process: all threads' CPU (worker time lands on epoll.poll); thread: the event loop's own",
     )
     p.add_argument("--out", type=Path, default=None, help="append JSON lines here too")
     p.add_argument("--base-url", default="", help=argparse.SUPPRESS)  # child: the parent's endpoint

@@ -69,10 +69,14 @@ class Deduper:
         self.num_perm = num_perm
         self.lock = threading.Lock()
         self._lsh = MinHashLSH(threshold=minhash_threshold, num_perm=num_perm)
+        template = MinHash(num_perm=num_perm, seed=1)
+        self._permutations, self._scheme = template.permutations, template.scheme
+        """Drawn once from the seed: every `MinHash(seed=1)` would draw the same ones again (~0.7 ms)."""
         self._hashes: dict[str, MinHash] = {}
         self._family: dict[str, str] = {}
         self._ids: list[str] = []
-        self._vectors: list[np.ndarray] = []
+        self._matrix = np.zeros((0, 0), np.float32)
+        """Registered vectors in rows `[: len(self._ids)]`, grown by doubling (not re-stacked per check)."""
         self._accepted: dict[str, str] = {}
         """Id → owner (thread) of what `check_and_add` accepted in this process; a retried step asks again."""
 
@@ -80,9 +84,9 @@ class Deduper:
         return len(self._hashes)
 
     def _minhash(self, text: str) -> MinHash:
-        m = MinHash(num_perm=self.num_perm, seed=1)
-        for s in _shingles(text, self.ngram):
-            m.update(s.encode("utf-8"))
+        """Same signature as `update` per shingle, in one vectorised batch (~20× cheaper)."""
+        m = MinHash(num_perm=self.num_perm, seed=1, permutations=self._permutations, scheme=self._scheme)
+        m.update_batch([s.encode("utf-8") for s in _shingles(text, self.ngram)])
         return m
 
     def _vectors_for(self, texts: list[str]) -> np.ndarray | None:
@@ -95,16 +99,21 @@ class Deduper:
         items = [it for it in items if it[0] not in self._hashes]
         vectors = self._vectors_for([t for _, _, t in items])
         for i, (sid, family, text) in enumerate(items):
-            self._register(sid, family, text, None if vectors is None else vectors[i])
+            self._register(sid, family, self._minhash(text), None if vectors is None else vectors[i])
 
-    def _register(self, sid: str, family: str, text: str, vector: np.ndarray | None) -> None:
-        m = self._minhash(text)
+    def _register(self, sid: str, family: str, m: MinHash, vector: np.ndarray | None) -> None:
         self._lsh.insert(sid, m)
         self._hashes[sid] = m
         self._family[sid] = family
         if vector is not None:
+            n = len(self._ids)
+            if n == len(self._matrix):
+                grown = np.zeros((max(64, 2 * n), vector.shape[0]), np.float32)
+                if n:
+                    grown[:n] = self._matrix[:n]
+                self._matrix = grown
+            self._matrix[n] = vector
             self._ids.append(sid)
-            self._vectors.append(vector)
 
     def check_and_add(self, sid: str, family: str, text: str, owner: str = "") -> DedupVerdict:
         """Compare with everything registered; register the text when it is not a duplicate."""
@@ -115,27 +124,26 @@ class Deduper:
                 return DedupVerdict(None)
             if sid in self._hashes:  # the very same content is stored or accepted elsewhere
                 return DedupVerdict(sid, "exact", 1.0)
-            verdict = self._check(family, text, v)
+            m = self._minhash(text)
+            verdict = self._check(family, m, v)
             if verdict.duplicate_of is None:
-                self._register(sid, family, text, v)
+                self._register(sid, family, m, v)
                 self._accepted[sid] = owner
             return verdict
 
-    def _check(self, family: str, text: str, v: np.ndarray | None) -> DedupVerdict:
-        m = self._minhash(text)
+    def _check(self, family: str, m: MinHash, v: np.ndarray | None) -> DedupVerdict:
         best: DedupVerdict = DedupVerdict(None)
         for other in self._lsh.query(m):
             j = m.jaccard(self._hashes[other])
             limit = self.family_threshold if self._family[other] == family else self.minhash_threshold
             if j >= limit and j > best.score:
                 best = DedupVerdict(other, "minhash", float(j))
-        if best.duplicate_of is not None or v is None or not self._vectors:
+        if best.duplicate_of is not None or v is None or not self._ids:
             return best
-        sims = np.stack(self._vectors) @ v
-        for i in np.argsort(-sims):
+        sims = self._matrix[: len(self._ids)] @ v
+        close = np.flatnonzero(sims >= self.embed_threshold)  # usually none: sort only these
+        for i in close[np.argsort(-sims[close], kind="stable")]:
             other = self._ids[int(i)]
-            if sims[i] < self.embed_threshold:
-                break
             if self._family[other] != family:
                 return DedupVerdict(other, "embedding", float(sims[i]))
         return best
@@ -158,11 +166,22 @@ class CachedEmbedder:
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.path = cache_dir / "dedup-embeddings.sqlite"
         self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
-        return db
+        """One connection, opened on first use and kept: dedup asks once per scenario, from worker
+        threads (`asyncio.to_thread`), always under `_lock`."""
+        if self._db is None:
+            db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def _key(self, text: str) -> str:
         return hashlib.sha256(f"{self.id}\x1f{text}".encode()).hexdigest()
@@ -171,25 +190,20 @@ class CachedEmbedder:
         keys = [self._key(t) for t in texts]
         with self._lock:
             db = self._connect()
-            try:
-                found: dict[str, np.ndarray] = {}
-                for start in range(0, len(keys), 500):
-                    chunk = keys[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    for key, blob in db.execute(
-                        f"SELECT key, vector FROM vectors WHERE key IN ({marks})", chunk
-                    ):
-                        found[key] = np.frombuffer(blob, dtype=np.float32)
-                missing = [i for i, k in enumerate(keys) if k not in found]
-                if missing:
-                    vectors = np.asarray(
-                        self.embedder.embed_queries([texts[i] for i in missing]), dtype=np.float32
-                    )
-                    rows = [(keys[i], vectors[j].tobytes()) for j, i in enumerate(missing)]
-                    with db:
-                        db.executemany("INSERT OR REPLACE INTO vectors(key, vector) VALUES (?, ?)", rows)
-                    for j, i in enumerate(missing):
-                        found[keys[i]] = vectors[j]
-            finally:
-                db.close()
+            found: dict[str, np.ndarray] = {}
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, blob in db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({marks})", chunk):
+                    found[key] = np.frombuffer(blob, dtype=np.float32)
+            missing = [i for i, k in enumerate(keys) if k not in found]
+            if missing:
+                vectors = np.asarray(
+                    self.embedder.embed_queries([texts[i] for i in missing]), dtype=np.float32
+                )
+                rows = [(keys[i], vectors[j].tobytes()) for j, i in enumerate(missing)]
+                with db:
+                    db.executemany("INSERT OR REPLACE INTO vectors(key, vector) VALUES (?, ?)", rows)
+                for j, i in enumerate(missing):
+                    found[keys[i]] = vectors[j]
         return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)

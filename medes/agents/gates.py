@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from medes.records import Provision, Scenario
 
@@ -53,10 +54,10 @@ def is_cjk(ch: str) -> bool:
 
 def cjk_share(text: str) -> float:
     """CJK characters among letters and digits (punctuation and spaces do not count)."""
-    counted = [c for c in text if c.isalnum()]
+    counted = _normalise(text)
     if not counted:
         return 0.0
-    return sum(is_cjk(c) for c in counted) / len(counted)
+    return sum(map(is_cjk, counted)) / len(counted)
 
 
 def longest_common_substring(a: str, b: str) -> int:
@@ -100,9 +101,12 @@ def shares_substring(a: str, b: str, length: int) -> str | None:
     return None
 
 
-def _bigrams(text: str) -> set[str]:
-    chars = [c for c in text if c.isalnum()]
-    return {chars[i] + chars[i + 1] for i in range(len(chars) - 1)}
+@lru_cache(maxsize=4096)
+def _bigrams(text: str) -> frozenset[str]:
+    """Cached: one check compares the query with every cited provision and the reference, and the
+    same provisions come back across items (seed norms) and gates (draft, then each mutant)."""
+    chars = _normalise(text)
+    return frozenset(map(str.__add__, chars, chars[1:]))
 
 
 def bigram_containment(norm: str, text: str) -> float:
@@ -202,7 +206,7 @@ def _objective(scenario: Scenario, config: GateConfig) -> list[GateFailure]:
 
 
 def _normalise(text: str) -> str:
-    return "".join(c for c in text if c.isalnum())
+    return "".join(filter(str.isalnum, text))
 
 
 _SENTENCE_END = re.compile(r"[。！？!?；;]")
@@ -237,4 +241,6 @@ def _coherence(scenario: Scenario, config: GateConfig) -> list[GateFailure]:
 def states_norm(reference: str, config: GateConfig = GateConfig()) -> bool:
     """False for a bare article label (`第七十条`), a provision id or a fragment too short to be a rule."""
     ref = reference.strip()
-    return len(_normalise(ref)) >= config.min_reference_chars and "#" not in ref and not _BARE_LABEL.match(ref)
+    return (
+        len(_normalise(ref)) >= config.min_reference_chars and "#" not in ref and not _BARE_LABEL.match(ref)
+    )

@@ -26,6 +26,7 @@ from medes.agents.drafter import ScenarioParts, draft
 from medes.agents.mutator import mutate
 from medes.agents.planner import PlanItem, provision_brief
 from medes.graphs import run_thread
+from medes.graphs.checkpointer import inline_sqlite_saver
 from medes.graphs.generate_state import (
     GenerateContext,
     GenerateInput,
@@ -73,7 +74,9 @@ async def retrieve(state: GenerateState, runtime: Runtime[GenerateContext]) -> d
     if seed is None:
         raise LookupError(f"seed norm {item.seed_norm!r} is not in the index (plan and index disagree)")
     query = f"{item.scene} {seed.text[:200]}"
-    found = await asyncio.to_thread(ctx.index.search, query, ctx.k + 1)
+    found = ctx.searches.get((query, ctx.k + 1))
+    if found is None:
+        found = ctx.searches[(query, ctx.k + 1)] = await asyncio.to_thread(ctx.index.search, query, ctx.k + 1)
     ids = [seed.id] + [h.provision.id for h in found if h.provision.id != seed.id]
     scores = {h.provision.id: float(h.score) for h in found}
     hits = [
@@ -296,11 +299,8 @@ async def run_threads(
     Finished threads are skipped; unfinished ones resume from their last checkpoint. A thread that
     fails is reported (and recorded as a gate event) and the others go on; rerunning resumes it.
     """
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     limit = asyncio.Semaphore(max(1, concurrency))
-    async with AsyncSqliteSaver.from_conn_string(str(checkpoint_path)) as saver:
+    with inline_sqlite_saver(checkpoint_path) as saver:
         graph = build_graph().compile(checkpointer=saver)
 
         async def one(item: PlanItem) -> ThreadOutcome:
@@ -483,8 +483,9 @@ def run_generate(
         index = open_generation_index(index_dir, settings)
         llm = get_llm(llm_spec, settings=settings, ledger=TokenLedger(sink=store.ledger_sink))
         embedder = index.embedder  # one model loaded, and dedup vectors match what the index was built with
+        cached = CachedEmbedder(embedder, settings.home / "cache")
         deduper = Deduper(
-            CachedEmbedder(embedder, settings.home / "cache").embed_queries,
+            cached.embed_queries,
             embed_threshold=embed_threshold_for(embedder.id),
         )
         manifest_extra = {
@@ -509,16 +510,19 @@ def run_generate(
         checkpoint_path = store_path.with_name(f"{store_path.stem}.checkpoints.sqlite")
         if on_start is not None:
             on_start(len(items))
-        outcomes = asyncio.run(
-            run_threads(
-                items,
-                run_id=run_id,
-                context=context,
-                checkpoint_path=checkpoint_path,
-                concurrency=concurrency,
-                on_done=on_done,
+        try:
+            outcomes = asyncio.run(
+                run_threads(
+                    items,
+                    run_id=run_id,
+                    context=context,
+                    checkpoint_path=checkpoint_path,
+                    concurrency=concurrency,
+                    on_done=on_done,
+                )
             )
-        )
+        finally:
+            cached.close()
         summary = summarize(store, run_id, outcomes, time.perf_counter() - started)
         failed = summary["threads"]["failed"]
         store.finish_run(run_id, summary, status="incomplete" if failed else "done")

@@ -86,3 +86,6 @@ class GenerateContext:
     k: int = 5
     """Provisions retrieved per item (the draft schema's enum of citable ids)."""
     gates: GateConfig = field(default_factory=GateConfig)
+    searches: dict[tuple[str, int], list[Any]] = field(default_factory=dict, repr=False)
+    """Index answers of this run by (query, k): items sharing a (scene, seed norm) ask the same
+    query, and the index is fixed for the run."""

@@ -5,6 +5,7 @@ validates against the schema the client sent, without knowing the client's pydan
 module is that generator: generic over the JSON-schema keywords pydantic, langchain and the OpenAI
 SDK emit, deterministic for a given `random.Random`, and independent of any HTTP concern so it can
 be tested directly. It also holds the deliberate corruptions (wrong types) used for fault injection.
+Plain string properties whose names `scenario_text.FIELDS` knows get its composed clinical text.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import uuid
 from re import _constants as sre_c  # type: ignore[attr-defined]
 from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
+
+from tests.support import scenario_text
 
 # Fragments in the register of the benchmark (medical ethics, first-person clinical situations).
 _ZH_FRAGMENTS = (
@@ -199,6 +202,22 @@ class _Gen:
             raise SchemaError(f"unknown type {typ!r}")
         return make(schema, depth)
 
+    def field(self, name: str, schema: dict[str, Any] | bool, depth: int) -> Any:
+        """A property's value: scenario-shaped text for the fields `scenario_text` knows, when the
+        property is a plain string whose length bounds that text fits; otherwise `value`."""
+        compose = scenario_text.FIELDS.get(name)
+        if compose is not None and isinstance(schema, dict):
+            resolved = self.resolve(schema)
+            plain = resolved.get("type") == "string" and not (
+                {"enum", "const", "pattern", "format"} & resolved.keys()
+            )
+            if plain:
+                max_len = resolved.get("maxLength")
+                text = compose(self.rng, int(max_len) if max_len is not None else None)
+                if len(text) >= int(resolved.get("minLength", 0)):
+                    return text
+        return self.value(schema, depth)
+
     def _pick_branch(self, branches: list[Any], depth: int) -> Any:
         if not branches:
             raise SchemaError("empty anyOf/oneOf")
@@ -296,7 +315,7 @@ class _Gen:
         for name, sub in props.items():
             # Optional fields are filled too (richer output) except deep inside recursive schemas.
             if name in required or depth < _MAX_DEPTH - 2:
-                out[name] = self.value(sub, depth + 1)
+                out[name] = self.field(name, sub, depth + 1)
         for name in required - out.keys():
             extra = schema.get("additionalProperties", True)
             out[name] = self.value(extra if isinstance(extra, dict) else {}, depth + 1)

@@ -6,7 +6,10 @@ unit tests may not reach a real model. This server speaks `POST /v1/chat/complet
 `response_format` json_schema / json_object, `tools` + `tool_choice`, optional SSE streaming) and
 `GET /v1/models`, answers with schema-valid Chinese content, and injects faults by rate or by a
 deterministic schedule. Every request is counted by outcome, kind and fingerprint (`GET /_stats`,
-`SimServer.stats()`), so tests can assert what was or was not repeated.
+`SimServer.stats()`), so tests can assert what was or was not repeated, and the time-weighted number
+of requests in flight is kept (`Stats.load`), so throughput benchmarks can read steady state.
+Properties named like the parts of a MedES item (speaker, situation, plan, question, reference,
+stem) get plausible clinical text (`scenario_text`), so generated drafts pass medes' gates.
 
 The HTTP layer is a lean asyncio.Protocol (HTTP/1.1, keep-alive, Content-Length bodies): it has to
 sustain hundreds of requests per second on a small shared CPU while the client under test runs.
@@ -199,6 +202,8 @@ class Stats:
     disconnects: int
     """Connections the client closed while a request was in progress (e.g. client timeouts)."""
     records: tuple[RequestRecord, ...]
+    load: Load = field(default_factory=lambda: Load())
+    """Time-weighted in-flight requests (throughput benchmarks: Little's law)."""
 
     def outcomes_for(self, fingerprint: str) -> list[str]:
         """Outcomes, in order, of every request with this fingerprint (needs `record_requests`)."""
@@ -214,7 +219,32 @@ class Stats:
             "inflight": self.inflight,
             "peak_inflight": self.peak_inflight,
             "disconnects": self.disconnects,
+            "load": self.load.to_json(),
         }
+
+
+@dataclass(frozen=True)
+class Load:
+    """How busy the endpoint was: the integral of in-flight requests over time, in two windows.
+
+    Why: a finite batch starts with a ramp-up and ends with a ramp-down in which fewer than C
+    requests can be in flight (the last threads finish one by one), so end-to-end calls/s ÷ (C/L)
+    understates a client that keeps C requests in flight while there is work. The *steady* window
+    runs from the first answered request (the first wave is out) to the last arrival (after it,
+    nothing new can start): mean in-flight there ÷ C is the client's steady-state efficiency
+    (Little's law: throughput = in-flight / latency).
+    """
+
+    busy_s: float = 0.0
+    """From the first arrival to the last answer (so far)."""
+    mean_inflight: float = 0.0
+    """Time-weighted mean in-flight requests over `busy_s`."""
+    steady_s: float = 0.0
+    """From the first answer to the last arrival (0 when the last arrival came before it)."""
+    steady_mean_inflight: float = 0.0
+
+    def to_json(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.__dict__.items()}
 
 
 def fingerprint(messages: Any, schema_name: str) -> str:
@@ -332,6 +362,11 @@ class _Sim:
             self.peak_inflight = 0
             self.disconnects = 0
             self.records: list[RequestRecord] = []
+            self._area = 0.0  # ∫ inflight dt since the first arrival
+            self._changed: float | None = None  # when inflight last changed (None: no request yet)
+            self._first_arrival = self._first_done = self._last_arrival = self._last_done = 0.0
+            self._area_first_done: float | None = None
+            self._area_last_arrival = self._area_last_done = 0.0
             self.schedule_seen: list[Counter[str]] = [Counter() for _ in self.config.schedule]
 
     def snapshot(self) -> Stats:
@@ -346,7 +381,28 @@ class _Sim:
                 peak_inflight=self.peak_inflight,
                 disconnects=self.disconnects,
                 records=tuple(self.records),
+                load=self._load(),
             )
+
+    def _integrate(self) -> float:
+        """Advance ∫ inflight dt to now (call under the lock, before inflight changes)."""
+        now = time.monotonic()
+        if self._changed is None:
+            self._first_arrival = now
+        else:
+            self._area += self.inflight * (now - self._changed)
+        self._changed = now
+        return now
+
+    def _load(self) -> Load:
+        if self._changed is None:
+            return Load()
+        busy = self._last_done - self._first_arrival
+        mean = self._area_last_done / busy if busy > 0 else 0.0
+        steady = self._last_arrival - self._first_done
+        if self._area_first_done is None or steady <= 0:
+            return Load(busy, mean)
+        return Load(busy, mean, steady, (self._area_last_arrival - self._area_first_done) / steady)
 
     def admit(self, req: _Request) -> tuple[int, str]:
         """Count the request and decide its outcome: 'over_capacity', a fault name, or 'ok'."""
@@ -360,7 +416,9 @@ class _Sim:
                 outcome = "over_capacity"
             else:
                 outcome = self._scheduled(req) or self._drawn(seq, req) or "ok"
+                self._last_arrival = self._integrate()
                 self.inflight += 1
+                self._area_last_arrival = self._area
                 self.peak_inflight = max(self.peak_inflight, self.inflight)
             self.by_outcome[outcome] += 1
             if cfg.record_requests and len(self.records) < _MAX_RECORDS:
@@ -373,7 +431,11 @@ class _Sim:
 
     def release(self) -> None:
         with self.lock:
+            now = self._integrate()
             self.inflight -= 1
+            if self._area_first_done is None:
+                self._first_done, self._area_first_done = now, self._area
+            self._last_done, self._area_last_done = now, self._area
 
     def _scheduled(self, req: _Request) -> str | None:
         decided = None
