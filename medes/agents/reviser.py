@@ -41,6 +41,9 @@ MODEL_PREFIX = "revise:"
 ECHO_CHARS = 20
 """A revision sharing a run of this many characters with the reviser's own instructions (the system
 prompt) repeats them instead of answering: a small model does that, and a weak judge may pass it."""
+PART_ECHO_CHARS = 12
+"""The same within one outline field, against the prompt, the problem list and the feedback: a field
+is one or two sentences, so a copied rubric phrase (`对当事人处境和感受的理解与尊重`) is most of it."""
 
 # What each failed rubric dimension means, in words the reviser can act on.
 _PROBLEMS: tuple[tuple[str, object, str], ...] = (
@@ -66,13 +69,15 @@ def problems(judgment: Judgment) -> list[str]:
 
 def unusable(revision: str, instructions: str, previous: str, parts: Sequence[str] = ()) -> str | None:
     """Why a revision is no revision (None when it is one): it repeats the reviser's instructions
-    instead of answering (a run of ECHO_CHARS, or one of its `parts`, e.g. an outline field, that is
-    nothing but a phrase of the instructions), it is the answer it was asked to revise, unchanged,
+    instead of answering (a run of ECHO_CHARS; in one of its `parts`, e.g. an outline field, a run of
+    PART_ECHO_CHARS or nothing but a phrase of the instructions), it is the answer it was asked to revise, unchanged,
     or it fills several parts with one text."""
     echoed = shares_substring(revision, instructions, ECHO_CHARS)
     if echoed is None:
         flat = _letters(instructions)
         echoed = next((p for p in parts if len(_letters(p)) >= 4 and _letters(p) in flat), None)
+    if echoed is None:
+        echoed = next((e for p in parts if (e := shares_substring(p, instructions, PART_ECHO_CHARS))), None)
     if echoed is not None:
         return (
             f"the revision repeats the reviser's instructions ({echoed[:ECHO_CHARS]!r}…) instead of answering"

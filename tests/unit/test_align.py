@@ -282,12 +282,16 @@ def test_outline_without_provisions_has_no_id_field_and_cites_nothing_by_code():
 def test_outline_fields_that_only_repeat_instructions_are_no_revision():
     """A small model fills a field with a phrase of its instructions (the rubric problems, the
     guardian's feedback): short, but an answer to nothing."""
-    j = jdg("r0", normative_violation=-1, actionable_advice=0).model_copy(
+    j = jdg("r0", normative_violation=-1, actionable_advice=0, empathy=0).model_copy(
         update={"feedback": "补充具体可行的下一步"}
     )
     copied_problem = {**OUTLINE, "norm_point": problems(j)[0]}
     copied_feedback = {**OUTLINE, "advice": "补充具体可行的下一步。"}
-    for echo in (copied_problem, copied_feedback):
+    paraphrased = {
+        **OUTLINE,
+        "empathy": "请提供建议，或者对当事人处境和感受的理解与尊重",
+    }  # seen from the 0.5B model
+    for echo in (copied_problem, copied_feedback, paraphrased):
         llm, fake = fake_llm("target", [echo])
         prev = Response(id="r0", scenario_id="sc-0", model_id="fake:target", text=BAD, round=0)
         with pytest.raises(ReviserError, match="repeats the reviser's instructions"):
