@@ -121,6 +121,12 @@ def draft_prompt(
     return render("draft", scene=scene, kind=kind, provisions=shown, speaker=speaker, setting=setting)
 
 
+def draft_instructions(scene: str, kind: str, *, speaker: str = "", setting: str = "") -> str:
+    """What the drafter is told, without the material (the provisions): the echo gate's reference."""
+    prompt = draft_prompt(scene, kind, [], speaker=speaker, setting=setting)
+    return f"{prompt.system}\n{prompt.user}"
+
+
 async def draft(
     llm: LLM,
     *,

@@ -39,12 +39,16 @@ class GateConfig:
     """A sentence this long that occurs twice is a degenerate loop, not a scenario (MedES: none)."""
     min_reference_chars: int = 8
     """The norm in words; a bare label like `第七十条` or an id says nothing (MedES min: 12)."""
+    echo_chars: int = 12
+    """A run this long shared with the drafting instructions is the prompt copied back, not a
+    situation (a small model writes `打算做或正在面对一件与所选规范相冲突的事` into its scenario)."""
 
 
 @dataclass(frozen=True)
 class GateFailure:
     reason: str
-    """Stable code: schema, grounding, no_leak, chinese, length, options, key, unchanged, repetition, reference."""
+    """Stable code: schema, grounding, no_leak, echo, chinese, length, options, key, unchanged,
+    repetition, reference."""
     detail: str
 
 
@@ -139,10 +143,13 @@ def check(
     resolve: dict[str, Provision | None],
     config: GateConfig = GateConfig(),
     parent: Scenario | None = None,
+    instructions: str = "",
 ) -> list[GateFailure]:
     """All failures of one scenario; empty means it passes.
 
     `resolve` maps each cited id to its provision in the index (None when it does not resolve).
+    `instructions`: what the model that wrote it was told (its prompt without the material: the
+    provisions, the parent scenario); a scenario that repeats it is rejected as `echo`.
     """
     failures: list[GateFailure] = []
     retrieved = set(retrieved_ids)
@@ -167,6 +174,8 @@ def check(
         leaks.append(why)
     if leaks:
         failures.append(GateFailure("no_leak", "; ".join(leaks)))
+    if instructions and (run := shares_substring(text, instructions, config.echo_chars)) is not None:
+        failures.append(GateFailure("echo", f"≥{config.echo_chars} characters of the instructions ({run!r})"))
 
     share = cjk_share(text)
     if share < config.min_cjk_share:

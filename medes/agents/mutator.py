@@ -24,6 +24,12 @@ def mutate_prompt(operator: str, parent: Scenario, parts: ScenarioParts | None) 
     return render("mutate", operator=operator, query=defuse(parent.query), speaker=speaker)
 
 
+def mutate_instructions(operator: str) -> str:
+    """What the mutator is told, without the material (the parent scenario and its speaker)."""
+    prompt = render("mutate", operator=operator, query="", speaker="")
+    return f"{prompt.system}\n{prompt.user}"
+
+
 async def mutate(
     llm: LLM,
     *,

@@ -22,8 +22,8 @@ from langgraph.runtime import Runtime
 from langgraph.types import RetryPolicy, Send
 
 from medes.agents import gates
-from medes.agents.drafter import ScenarioParts, draft
-from medes.agents.mutator import mutate
+from medes.agents.drafter import ScenarioParts, draft, draft_instructions
+from medes.agents.mutator import mutate, mutate_instructions
 from medes.agents.planner import PlanItem, provision_brief
 from medes.graphs import run_thread
 from medes.graphs.checkpointer import inline_sqlite_saver
@@ -119,7 +119,12 @@ async def draft_node(state: GenerateState, runtime: Runtime[GenerateContext]) ->
 
 
 def _gate(
-    ctx: GenerateContext, state: GenerateState, scenario: Scenario, stage: str, parent: Scenario | None = None
+    ctx: GenerateContext,
+    state: GenerateState,
+    scenario: Scenario,
+    stage: str,
+    parent: Scenario | None = None,
+    instructions: str = "",
 ) -> list[gates.GateFailure]:
     cited = {n: ctx.index.get(n) for n in scenario.norm_ids}
     failures = gates.check(
@@ -128,6 +133,7 @@ def _gate(
         resolve=cited,
         config=ctx.gates,
         parent=parent,
+        instructions=instructions,
     )
     if not failures:
         ctx.store.add_gate_event(state["run_id"], scenario.id, stage, True)
@@ -138,8 +144,9 @@ async def gate_draft(state: GenerateState, runtime: Runtime[GenerateContext]) ->
     if state.get("draft") is None:
         return {"draft_ok": False}
     ctx, run_id = runtime.context, state["run_id"]
-    scenario = Scenario.model_validate(state["draft"])
-    failures = _gate(ctx, state, scenario, "gate_draft")
+    scenario, item = Scenario.model_validate(state["draft"]), _item(state)
+    told = draft_instructions(item.scene, item.kind, speaker=item.speaker, setting=item.setting)
+    failures = _gate(ctx, state, scenario, "gate_draft", instructions=told)
     rejections = [_reject(ctx, run_id, scenario.id, "gate_draft", f.reason, f.detail) for f in failures]
     return {"draft_ok": not failures, "rejections": rejections}
 
@@ -177,7 +184,8 @@ async def gate_mutants(state: GenerateState, runtime: Runtime[GenerateContext]) 
     rejections: list[dict[str, str]] = []
     for dump in state.get("mutants", []):
         child = Scenario.model_validate(dump)
-        failures = _gate(ctx, state, child, "gate_mutant", parent=parent)
+        told = mutate_instructions(child.attack[-1]) if child.attack else ""
+        failures = _gate(ctx, state, child, "gate_mutant", parent=parent, instructions=told)
         rejections += [_reject(ctx, run_id, child.id, "gate_mutant", f.reason, f.detail) for f in failures]
         if not failures:
             ok.append(dump)
