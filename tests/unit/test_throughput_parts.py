@@ -118,10 +118,14 @@ def test_load_integral_reports_requests_in_flight():
         time.sleep(0.3)  # idle: the busy span grows, in-flight stays 0
         wave(6)
         load = srv.stats().load
-    assert load.busy_s == pytest.approx(0.9, abs=0.2)
-    assert load.mean_inflight == pytest.approx(6 * 0.6 / load.busy_s, rel=0.2)
-    # steady window: first answer (end of wave 1) → last arrival (start of wave 2): nothing in flight
-    assert load.steady_mean_inflight < 1.5
+    # wall-clock spans depend on how fast this machine starts threads and connections (CI runs
+    # under load), so assert what the server measures: the busy span holds both waves and the
+    # pause, and ∫ in-flight dt is 12 requests × 0.3 s (more only if the server itself ran late)
+    assert load.busy_s >= 0.85
+    assert 12 * 0.3 * 0.9 <= load.mean_inflight * load.busy_s <= 12 * 0.3 * 1.6
+    # steady window: first answer (end of wave 1) → last arrival (start of wave 2): mostly idle,
+    # far below the 6 in flight during each wave
+    assert load.steady_mean_inflight < 3
 
 
 # ------------------------------------------------------------------ dedup
