@@ -22,6 +22,7 @@ Two styles:
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -69,15 +70,22 @@ def problems(judgment: Judgment) -> list[str]:
 
 def unusable(revision: str, instructions: str, previous: str, parts: Sequence[str] = ()) -> str | None:
     """Why a revision is no revision (None when it is one): it repeats the reviser's instructions
-    instead of answering (a run of ECHO_CHARS; in one of its `parts`, e.g. an outline field, a run of
-    PART_ECHO_CHARS or nothing but a phrase of the instructions), it is the answer it was asked to revise, unchanged,
-    or it fills several parts with one text."""
-    echoed = shares_substring(revision, instructions, ECHO_CHARS)
-    if echoed is None:
-        flat = _letters(instructions)
+    instead of answering, it is the answer it was asked to revise, unchanged, or it fills several
+    parts with one text.
+
+    Free text repeats the instructions when it shares a run of ECHO_CHARS with them. An outline is
+    judged by its `parts` (the fields the model wrote; the citations medes renders are not the
+    model's): a part sharing a run of PART_ECHO_CHARS, or one that is nothing but a phrase of them.
+    Law titles (`《…》`) are names, not instructions, and are left out of the comparison.
+    """
+    told = _TITLE.sub("", instructions)
+    if parts:
+        flat = _letters(told)
         echoed = next((p for p in parts if len(_letters(p)) >= 4 and _letters(p) in flat), None)
-    if echoed is None:
-        echoed = next((e for p in parts if (e := shares_substring(p, instructions, PART_ECHO_CHARS))), None)
+        if echoed is None:
+            echoed = next((e for p in parts if (e := shares_substring(p, told, PART_ECHO_CHARS))), None)
+    else:
+        echoed = shares_substring(revision, told, ECHO_CHARS)
     if echoed is not None:
         return (
             f"the revision repeats the reviser's instructions ({echoed[:ECHO_CHARS]!r}…) instead of answering"
@@ -88,6 +96,9 @@ def unusable(revision: str, instructions: str, previous: str, parts: Sequence[st
     if len(set(flats)) < len(flats):
         return "the outline repeats one text in several of its parts"
     return None
+
+
+_TITLE = re.compile(r"《[^》]*》")
 
 
 def _letters(text: str) -> str:

@@ -299,6 +299,26 @@ def test_outline_fields_that_only_repeat_instructions_are_no_revision():
         assert len(fake.calls) == 2
 
 
+def test_outline_citing_the_provision_the_feedback_names_is_a_revision():
+    """The feedback may name the law to cite; citing it (in code, or by its title in a field) is
+    doing what was asked, not an echo."""
+    long = provision(
+        "中华人民共和国基本医疗卫生与健康促进法",
+        "第三十二条",
+        "公民接受医疗卫生服务，对病情、诊疗方案享有知情同意的权利。",
+    )
+    j = jdg("r0", norm_citation=0).model_copy(update={"feedback": f"请援引{long.citation()}。"})
+    outline = {
+        **OUTLINE,
+        "norm_ids": [long.id],
+        "norm_point": "《中华人民共和国基本医疗卫生与健康促进法》保障患者的知情同意权",
+    }
+    llm, fake = fake_llm("target", [outline])
+    prev = Response(id="r0", scenario_id="sc-0", model_id="fake:target", text=BAD, round=0)
+    revision = asyncio.run(Reviser(llm)(scenario(), prev, j, [long]))
+    assert long.citation() in revision.text and len(fake.calls) == 1
+
+
 def test_outline_with_one_text_in_several_parts_is_no_revision():
     same = "互联网医院和助手之间的关系是互相支持的，需要双方明确约定。"
     llm, fake = fake_llm("target", [{**OUTLINE, "issue": same, "norm_point": same, "advice": same}])

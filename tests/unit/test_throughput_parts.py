@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
-import pytest
 from datasketch import MinHash
 from test_generate_fakes import PROVISIONS
 
