@@ -4,7 +4,7 @@
 # evaluate base vs adapter in one command. Prints `[time] N s: command` per step.
 #
 #   bash bench/align_local.sh            # MEDES_HOME defaults to a fresh temp dir
-#   N=3 THRESHOLD=0.4 bash bench/align_local.sh
+#   N=8 THRESHOLD=0.4 bash bench/align_local.sh   # N drafts; with the 0.5B model ~1 pair per 8
 #   MEDES_HOME=/tmp/medes-align-local.XXXX bash bench/align_local.sh   # resume: a finished loop is skipped
 #
 # THRESHOLD: the 0.5B model as judge rarely awards more than Q1 (0.4), so the default 0.7 would
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh local,train,dev  # from a clean clone: compiles llama-cpp-python once (~5 min)
 . .venv/bin/activate
-N=${N:-3} THRESHOLD=${THRESHOLD:-0.4} ROUNDS=${ROUNDS:-2}
+N=${N:-8} THRESHOLD=${THRESHOLD:-0.4} ROUNDS=${ROUNDS:-2}
 models=${MEDES_MODEL_DIR:-$HOME/.cache/medes/models}
 export MEDES_HOME=${MEDES_HOME:-$(mktemp -d /tmp/medes-align-local.XXXX)}
 export MEDES_MODEL_DIR=$models
