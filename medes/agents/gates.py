@@ -58,7 +58,7 @@ def is_cjk(ch: str) -> bool:
 
 def cjk_share(text: str) -> float:
     """CJK characters among letters and digits (punctuation and spaces do not count)."""
-    counted = _normalise(text)
+    counted = alnum(text)
     if not counted:
         return 0.0
     return sum(map(is_cjk, counted)) / len(counted)
@@ -109,7 +109,7 @@ def shares_substring(a: str, b: str, length: int) -> str | None:
 def _bigrams(text: str) -> frozenset[str]:
     """Cached: one check compares the query with every cited provision and the reference, and the
     same provisions come back across items (seed norms) and gates (draft, then each mutant)."""
-    chars = _normalise(text)
+    chars = alnum(text)
     return frozenset(map(str.__add__, chars, chars[1:]))
 
 
@@ -194,7 +194,7 @@ def check(
         failures.extend(_objective(scenario, config))
     failures.extend(_coherence(scenario, config))
 
-    if parent is not None and _normalise(parent.query) == _normalise(scenario.query):
+    if parent is not None and alnum(parent.query) == alnum(scenario.query):
         failures.append(GateFailure("unchanged", "mutation returned the parent's text"))
     return failures
 
@@ -214,7 +214,8 @@ def _objective(scenario: Scenario, config: GateConfig) -> list[GateFailure]:
     return out
 
 
-def _normalise(text: str) -> str:
+def alnum(text: str) -> str:
+    """Letters and digits only: what the text-overlap checks compare (punctuation and spaces drop)."""
     return "".join(filter(str.isalnum, text))
 
 
@@ -226,7 +227,7 @@ def repeated_sentence(text: str, min_chars: int) -> str | None:
     """A sentence (≥ min_chars alphanumerics) that occurs twice: small models loop like this."""
     seen: set[str] = set()
     for sentence in _SENTENCE_END.split(text):
-        key = _normalise(sentence)
+        key = alnum(sentence)
         if len(key) < min_chars:
             continue
         if key in seen:
@@ -250,6 +251,4 @@ def _coherence(scenario: Scenario, config: GateConfig) -> list[GateFailure]:
 def states_norm(reference: str, config: GateConfig = GateConfig()) -> bool:
     """False for a bare article label (`第七十条`), a provision id or a fragment too short to be a rule."""
     ref = reference.strip()
-    return (
-        len(_normalise(ref)) >= config.min_reference_chars and "#" not in ref and not _BARE_LABEL.match(ref)
-    )
+    return len(alnum(ref)) >= config.min_reference_chars and "#" not in ref and not _BARE_LABEL.match(ref)

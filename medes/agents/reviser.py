@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from medes.agents.gates import shares_substring
+from medes.agents.gates import alnum, shares_substring
 from medes.agents.guardian import defuse, provision_view
 from medes.llm import LLM, messages
 from medes.prompts import Prompt, render
@@ -80,8 +80,8 @@ def unusable(revision: str, instructions: str, previous: str, parts: Sequence[st
     """
     told = _TITLE.sub("", instructions)
     if parts:
-        flat = _letters(told)
-        echoed = next((p for p in parts if len(_letters(p)) >= 4 and _letters(p) in flat), None)
+        flat = alnum(told)
+        echoed = next((p for p in parts if len(alnum(p)) >= 4 and alnum(p) in flat), None)
         if echoed is None:
             echoed = next((e for p in parts if (e := shares_substring(p, told, PART_ECHO_CHARS))), None)
     else:
@@ -92,17 +92,13 @@ def unusable(revision: str, instructions: str, previous: str, parts: Sequence[st
         )
     if revision.split() == previous.split():
         return "the revision is the previous answer unchanged"
-    flats = [_letters(p) for p in parts if len(_letters(p)) >= 10]
+    flats = [alnum(p) for p in parts if len(alnum(p)) >= 10]
     if len(set(flats)) < len(flats):
         return "the outline repeats one text in several of its parts"
     return None
 
 
 _TITLE = re.compile(r"《[^》]*》")
-
-
-def _letters(text: str) -> str:
-    return "".join(ch for ch in text if ch.isalnum())
 
 
 def revision_id(run_id: str, scenario_id: str, round_: int) -> str:
