@@ -256,7 +256,7 @@ class NumpyE5:
         texts = [_check_text(t) for t in texts]
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        cores = self.num_threads or os.cpu_count() or 1
+        cores = self.num_threads or _usable_cores()
         batches = self._batches(texts, is_query, cores)
         workers = min(cores, len(batches))
         blas = 1 if workers > 1 else self.num_threads
@@ -415,6 +415,14 @@ def _layernorm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: np.float32) -> 
     x *= w
     x += b
     return x
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), not the host's count a container reports."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _check_text(text: object) -> str:
